@@ -1,0 +1,1 @@
+"""Triton kernels of unlearn_fast (installed as ``unlearn_fast.kernels``)."""

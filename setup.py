@@ -1,0 +1,58 @@
+"""Builds unlearn_fast._C: the C++ CPU kernel always, the CUDA kernel when it can.
+
+The CUDA part is built when torch is a CUDA build and nvcc is found (CUDA_HOME), or when
+UNLEARN_FAST_CUDA=1 forces it; UNLEARN_FAST_CUDA=0 skips it. No GPU is needed to build.
+torch must already be installed: use `pip install --no-build-isolation -e .` so the
+extension is compiled against the torch it will run with.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - a build-time message
+    sys.exit(
+        "unlearn_fast: torch must be installed before building the extension; "
+        "install torch>=2.6, then run `pip install --no-build-isolation -e .`"
+    )
+
+
+def want_cuda() -> bool:
+    flag = os.environ.get("UNLEARN_FAST_CUDA", "auto").lower()
+    if flag in ("0", "false", "no", "off"):
+        print("unlearn_fast: UNLEARN_FAST_CUDA=0, skipping the CUDA kernel")
+        return False
+    has_toolkit = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if flag in ("1", "true", "yes", "on"):
+        if not has_toolkit:
+            sys.exit("unlearn_fast: UNLEARN_FAST_CUDA=1 but torch is not a CUDA build or nvcc (CUDA_HOME) is missing")
+        return True
+    if not has_toolkit:
+        why = "torch is a CPU-only build" if torch.version.cuda is None else "nvcc not found (set CUDA_HOME)"
+        print(f"unlearn_fast: building the CPU kernel only ({why}); the 'cuda' backend will be unavailable")
+    return has_toolkit
+
+
+def extensions():
+    cpu_sources = sorted(glob.glob("csrc/*.cpp"))
+    cxx = ["-O3", "-std=c++17"]
+    if want_cuda():
+        sources = cpu_sources + sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        ext = cpp_extension.CUDAExtension(
+            "unlearn_fast._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
+        )
+    else:
+        ext = cpp_extension.CppExtension("unlearn_fast._C", cpu_sources, extra_compile_args={"cxx": cxx})
+    return [ext]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
