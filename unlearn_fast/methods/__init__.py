@@ -1,0 +1,20 @@
+"""Unlearning methods: each a small recipe of heads for the fused loss (see base.py)."""
+
+from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe
+from .baselines import ESD, ConceptAblation, Finetune, NegGrad
+from .fu import ForwardKLUnlearning
+from .lu import LikelihoodUnlearning
+from .ru import ReverseKLUnlearning
+
+METHODS = {
+    "ru": ReverseKLUnlearning,
+    "fu": ForwardKLUnlearning,
+    "lu": LikelihoodUnlearning,
+    "esd": ESD,
+    "ablation": ConceptAblation,
+    "neggrad": NegGrad,
+    "finetune": Finetune,
+}
+
+__all__ = ["FORGET", "NOISE", "RETAIN", "Batch", "Method", "Recipe", "METHODS", "ESD", "ConceptAblation",
+           "Finetune", "NegGrad", "ForwardKLUnlearning", "LikelihoodUnlearning", "ReverseKLUnlearning"]

@@ -1,0 +1,97 @@
+"""What every method shares: the batch it reads, the recipe it writes, its interface.
+
+A method is a small recipe of heads (design.md). For a batch of B samples it says
+
+- which condition the student sees for each sample (``student_cond``),
+- which K-1 tensors each head reads beside the student's prediction (``teacher_conds``:
+  a condition id for a frozen-teacher prediction at the same ``(x_t, t)``, or ``NOISE`` for
+  the true noise of the forward process),
+- the per-sample coefficients ``coeffs[B, M, K]`` and weights ``weights[B, M]`` of the
+  fused loss (math.md section 3).
+
+The engine (``unlearn_fast.engine``) runs the teacher once for every slot, the student
+once, the fused op once, then hands the per-sample distances ``dist[B, M]`` back to the
+method for its dual update. Nothing else in the engine depends on the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NOISE = -1  # a slot that reads the true noise rather than a teacher prediction
+
+FORGET, RETAIN = 0, 1  # sample roles
+
+
+@dataclass
+class Batch:
+    """One step's samples. ``x0`` are clean images (data or a teacher-sample pool);
+    ``cond`` the condition id each sample shows; ``role`` FORGET or RETAIN;
+    ``sample_id`` a stable id per forget-set sample (FU's per-sample duals), else -1."""
+
+    x0: torch.Tensor
+    cond: torch.Tensor
+    role: torch.Tensor
+    sample_id: torch.Tensor | None = None
+
+    def to(self, device) -> "Batch":
+        sid = None if self.sample_id is None else self.sample_id.to(device)
+        return Batch(self.x0.to(device), self.cond.to(device), self.role.to(device), sid)
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+@dataclass
+class Recipe:
+    student_cond: torch.Tensor  # [B] long
+    teacher_conds: torch.Tensor  # [B, K-1] long, NOISE for the true noise
+    coeffs: torch.Tensor  # [B, M, K] float
+    weights: torch.Tensor  # [B, M] float
+
+
+class Method:
+    """Base class. ``recipe`` builds the heads; ``update`` reads the distances back.
+
+    ``w`` given to both is the per-sample timestep weight ``T * table[t]`` (the
+    one-sample estimate of a whole-chain KL/ELBO term, math.md section 2), so
+    ``w[b] * dist[b, m]`` is sample b's estimate of head m's divergence."""
+
+    name = "method"
+    #: where x_t comes from by default: "data" (forward-noised data or pool samples) or
+    #: "student" (partial sampling of the trained model, ESD style)
+    default_source = "data"
+    #: which parameters train by default (see models.trainable_parameters)
+    default_train_params = "all"
+
+    def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
+        raise NotImplementedError
+
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+        """Dual update from this step's distances (methods without duals do nothing)."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def is_finite(self) -> bool:
+        return True
+
+
+def per_role_mean(weights_per_sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
+    """Divide each sample's weight by the number of samples of its role in the batch, so
+    each role's term is a mean over its samples whatever the batch's mix."""
+    counts = torch.zeros(2, device=role.device).index_add_(0, role, torch.ones_like(role, dtype=torch.float32))
+    return weights_per_sample / counts.clamp(min=1)[role]
+
+
+def stack_coeffs(rows: list[torch.Tensor]) -> torch.Tensor:
+    """[B, M, K] from M per-sample coefficient rows, each [B, K]."""
+    return torch.stack(rows, dim=1)

@@ -1,0 +1,142 @@
+"""RU: reverse-KL constrained concept unlearning (math.md section 4).
+
+    min_p KL(p || q_a)   s.t.   KL(p || q_f^i) >= b_i,   i = 1..m
+
+For fixed duals the Lagrangian's minimiser has the noise prediction
+``eps* = eps_a - alpha_i (eps_f^i - eps_a)``, ``alpha_i = lambda_i / (1 - sum lambda)``, so the
+primal step regresses the student onto ``eps*`` (weight ``1 - sum lambda``), and ESD is RU
+with a hand-fixed lambda. Here each forget sample shows one concept ``i`` and its target
+uses that concept's term (the other concepts' terms are not evaluated at its ``x_t``).
+The constraint estimate of the same step, ``w * ||eps_theta - eps_f^i||^2``, is a second
+head with weight 0: it costs nothing beyond the pass that computes the loss.
+
+``divergence="hellinger"`` (section 7) uses the per-step squared Hellinger distance
+``1 - exp(-KL_t / 4)`` of equal-variance Gaussians for the objective and the constraint;
+its gradient is the KL gradient times ``exp(-KL_t / 4) / 4``, a per-sample weight that
+needs the distances first, so the fused op runs once without gradient to get them.
+Bounds are then in (0, 1). KL_t is exact only with ``weighting="kl"`` and
+``reduction="sum"``; with other weightings it is a scaled stand-in.
+
+Estimated, not exact: ``x_t`` is drawn from data or from the student without
+differentiating through the sampling, which biases the reverse-KL gradient (section 9).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..duals import DualVariables
+from ..ops import fused_eps_loss
+from .base import FORGET, NOISE, Batch, Method, Recipe, per_role_mean
+
+DIVERGENCES = ("kl", "hellinger")
+
+
+class ReverseKLUnlearning(Method):
+    """Args:
+        forget: condition ids of the concepts to erase (one dual variable each).
+        anchor: condition id of the anchor ``q_a`` (the null condition, or an anchor concept).
+        bound: ``b_i``, the separation each concept must reach (the units of ``w * dist``).
+        dual_lr, lambda_max, init_lambda: the dual step (``lambda_max`` below ``1 / m``).
+        retain_weight: weight of the retain-prompt distillation term (0 disables it).
+        divergence: ``"kl"`` or ``"hellinger"``.
+    """
+
+    name = "ru"
+
+    def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
+                 dual_lr: float = 2.0, lambda_max: float | None = None, init_lambda: float = 0.3,
+                 retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None):
+        if not forget:
+            raise ValueError("forget: expected at least one condition to erase, got none")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+        if anchor in forget:
+            raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
+        m = len(forget)
+        self.forget = list(forget)
+        self.anchor = anchor
+        self.retain_weight = retain_weight
+        self.divergence = divergence
+        self.fixed_alpha = fixed_alpha  # ESD: a hand-fixed guidance weight, no duals
+        self.concept_of = torch.full((num_conditions,), -1, dtype=torch.long)
+        self.concept_of[torch.tensor(self.forget)] = torch.arange(m)
+        if lambda_max is None:
+            lambda_max = 0.95 / m
+        self.duals = None if fixed_alpha is not None else DualVariables(
+            m, bound, lr=dual_lr, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max))
+
+    # --- heads -------------------------------------------------------------------------
+
+    def alphas(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_i per concept, 1 - sum lambda)."""
+        if self.duals is None:
+            alpha = torch.full((len(self.forget),), float(self.fixed_alpha), device=device)
+            return alpha, torch.ones((), device=device)
+        lam = self.duals.lambdas.to(device, torch.float32)
+        rest = 1 - lam.sum()
+        return lam / rest, rest
+
+    def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
+        device = batch.cond.device
+        concept = self.concept_of.to(device)[batch.cond]
+        forget = batch.role == FORGET
+        if bool((forget & (concept < 0)).any()):
+            raise ValueError("batch: a forget sample's condition is not one of the method's forget conditions")
+        alpha, rest = self.alphas(device)
+        a = torch.where(forget, alpha[concept.clamp(min=0)], torch.zeros_like(w))
+        one, zero = torch.ones_like(w), torch.zeros_like(w)
+        # slots: 1 = anchor (forget) or the retain condition itself; 2 = the forget concept
+        slot1 = torch.where(forget, torch.full_like(batch.cond, self.anchor), batch.cond)
+        slot2 = torch.where(forget, batch.cond, torch.full_like(batch.cond, NOISE))
+        target = torch.stack([one, -(1 + a), a], -1)  # r = eps_theta - eps*
+        constraint = torch.stack([one, zero, -one], -1) * forget[:, None]  # r = eps_theta - eps_f
+        coeffs = torch.stack([target, constraint], 1)
+        head0 = torch.where(forget, rest * w, self.retain_weight * w)
+        weights = torch.stack([per_role_mean(head0, batch.role), zero], 1)
+        return Recipe(batch.cond, torch.stack([slot1, slot2], 1), coeffs, weights)
+
+    def refine(self, recipe: Recipe, pred: torch.Tensor, slots: list[torch.Tensor], w: torch.Tensor,
+               reduction: str, backend: str) -> Recipe:
+        if self.divergence == "kl":
+            return recipe
+        with torch.no_grad():  # Hellinger: the per-sample weight needs the distances first
+            _, dist = fused_eps_loss(pred.detach(), slots, recipe.coeffs, torch.zeros_like(recipe.weights),
+                                     reduction=reduction, backend=backend)
+        factor = torch.exp(-w * dist[:, 0] / 4) / 4
+        forget = recipe.teacher_conds[:, 1] != NOISE
+        weights = recipe.weights.clone()
+        weights[:, 0] = torch.where(forget, weights[:, 0] * factor, weights[:, 0])
+        return Recipe(recipe.student_cond, recipe.teacher_conds, recipe.coeffs, weights)
+
+    # --- duals -------------------------------------------------------------------------
+
+    def constraint_values(self, dist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        kl = w * dist[:, 1]
+        return kl if self.divergence == "kl" else 1 - torch.exp(-kl / 4)
+
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+        if self.duals is None:
+            return
+        forget = batch.role == FORGET
+        concept = self.concept_of.to(batch.cond.device)[batch.cond]
+        self.duals.update(concept[forget], self.constraint_values(dist, w)[forget])
+
+    def metrics(self) -> dict[str, float]:
+        if self.duals is None:
+            return {}
+        return self.duals.metrics("ru", names=[str(c) for c in self.forget])
+
+    def state_dict(self) -> dict:
+        return {} if self.duals is None else {"duals": self.duals.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.duals is not None:
+            self.duals.load_state_dict(state["duals"])
+
+    def is_finite(self) -> bool:
+        return self.duals is None or self.duals.is_finite()
+
+
