@@ -21,6 +21,7 @@ namespace {
 
 // True when the block of one sample (dims 1..) covers a dense run of memory.
 bool sample_block_dense(const at::Tensor& t) {
+  if (t.numel() == 0) return true;  // nothing to read: any strides will do
   std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims that matter
   for (int64_t d = 1; d < t.dim(); ++d) {
     if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));

@@ -170,6 +170,8 @@ def _describe(x) -> str:
 
 def _sample_block_dense(t: torch.Tensor) -> bool:
     """True when each sample (dims 1..) occupies one dense run of memory."""
+    if t.numel() == 0:
+        return True  # nothing to read: any strides will do
     dims = sorted((t.stride(d), t.shape[d]) for d in range(1, t.dim()) if t.shape[d] != 1)
     expected = 1
     for stride, size in dims:
