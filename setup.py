@@ -40,10 +40,10 @@ def want_cuda() -> bool:
 
 def extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # torch picks the C++ standard it needs (C++17, or C++20 from 2.14)
     if want_cuda():
         sources = cpu_sources + sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
             "unlearn_fast._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
         )

@@ -195,7 +195,8 @@ def _in_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# The kernel ops: fake (shape) functions and autograd, shared by the C++ and Triton ops.
+# The kernel ops: fake (shape) functions for both; autograd in Python for the Triton op
+# (the C++ op registers the same backward in C++).
 
 
 def _fake_outputs(pred, coeffs, compute_grad):
@@ -231,9 +232,7 @@ if _extension_error is None:
     def _fused_eps_loss_fake(pred, others, coeffs, weights, sum_reduction, compute_grad):
         return _fake_outputs(pred, coeffs, compute_grad)
 
-    torch.library.register_autograd(
-        "unlearn_fast::fused_eps_loss", _backward, setup_context=_setup_context
-    )
+    # its autograd is registered in C++ (csrc/autograd.cpp): no Python in the training step
 
 if _triton_launcher is not None:
 
