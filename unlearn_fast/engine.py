@@ -89,7 +89,9 @@ class UnlearningObjective:
         ddim = DDIMScheduler.from_config(self.scheduler.config)
         ddim.set_timesteps(self.sampler_steps)
         x0 = batch.x0
-        stop = int(torch.randint(1, self.sampler_steps, (1,), generator=generator))  # host int: loop length
+        # host int: loop length; drawn on the generator's device (a CUDA generator cannot draw on the CPU)
+        gen_device = generator.device if generator is not None else "cpu"
+        stop = int(torch.randint(1, self.sampler_steps, (1,), generator=generator, device=gen_device))
         x = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         null = torch.full_like(batch.cond, self.model.null_id)
         was_training = self.model.module.training

@@ -1,0 +1,223 @@
+"""``unlearn-fast``: the command line.
+
+    unlearn-fast train --config run.toml --method ru --forget 3 --max-steps 200 \\
+        --output-dir runs/ru-3 --resume latest --seed 0
+
+Every ``TrainConfig`` key is also a flag (``max_steps`` -> ``--max-steps``); flags override
+the config file, which overrides the defaults. Lists take several values or commas
+(``--forget 3 5`` or ``--forget 3,5``), ``--method-kwarg bound=0.05`` (repeatable) sets one
+entry of ``method_kwargs`` (the value is read as a TOML value, else as a string), and
+``none`` unsets an optional key (``--source none``).
+
+Subcommands live in ``SUBCOMMANDS``: name -> (add_arguments(parser), run(args) -> exit code).
+``demo``, ``continual`` and ``eval`` are added there by their own modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Callable, Literal, Union
+
+from .config import ConfigError, TrainConfig, load_train_config
+
+# --- train -----------------------------------------------------------------------------------
+
+#: short descriptions shown by ``--help`` for the most used keys
+_HELP = {
+    "method": "unlearning method: ru, fu, lu, esd, ablation, neggrad, finetune",
+    "forget": "conditions to unlearn (class ids/names or prompts)",
+    "retain": "conditions to keep (default for a class model: every other class)",
+    "model_path": "a diffusers folder (default: the embedded MNIST class DDPM)",
+    "max_steps": "optimizer steps",
+    "output_dir": "checkpoints, metrics.jsonl and final/ go here",
+    "resume": "'latest' or a checkpoint folder",
+    "seed": "random seed",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), True
+    return tp, False
+
+
+def _scalar_parser(tp, optional: bool) -> Callable[[str], object]:
+    """A string -> value converter for one scalar type (the config validates the result)."""
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        if tp is int:
+            try:
+                return int(text)
+            except ValueError:
+                return text  # the config names the key and the expected type
+        if tp is float:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+        if typing.get_origin(tp) is Union:  # str | int: ints stay ints
+            try:
+                return int(text)
+            except ValueError:
+                return text
+        return text
+
+    return parse
+
+
+def _split_list(values: list[str]) -> list[str]:
+    out = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def _parse_value(text: str):
+    """A TOML literal (``0.05``, ``true``, ``"x"``, ``[1, 2]``) or else the plain string."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a .toml or .yaml file of TrainConfig keys")
+    parser.add_argument("--method-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                        help="one entry of method_kwargs (repeatable), e.g. bound=0.05")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "method_kwargs":
+            continue
+        tp, optional = _strip_optional(hints[f.name])
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=_HELP.get(f.name))
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        elif origin is list:
+            parser.add_argument(_flag(f.name), nargs="+", metavar=f.name.upper(), **kwargs)
+        elif origin is Literal:
+            choices = list(typing.get_args(tp)) + (["none"] if optional else [])
+            parser.add_argument(_flag(f.name), choices=choices, **kwargs)
+        else:
+            parser.add_argument(_flag(f.name), type=_scalar_parser(tp, optional), metavar=f.name.upper(), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    hints = typing.get_type_hints(TrainConfig)
+    overrides = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "method_kwargs" or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        tp, optional = _strip_optional(hints[f.name])
+        if typing.get_origin(tp) is list:
+            (item,) = typing.get_args(tp)
+            parse = _scalar_parser(item, False)
+            if f.name in ("forget", "retain"):  # condition names: keep ids as written ("3")
+                value = _split_list(value)
+            else:
+                value = [parse(v) for v in _split_list(value)]
+        elif value == "none" and optional:
+            value = None
+        overrides[f.name] = value
+    kw = {}
+    for item in args.method_kwarg:
+        if "=" not in item:
+            raise ConfigError(f"--method-kwarg: expected KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        kw[key.strip()] = _parse_value(text.strip())
+    if kw:
+        overrides["method_kwargs"] = kw
+    return load_train_config(args.config, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import NonFiniteError, train
+
+    config = config_from_args(args)
+    try:
+        result = train(config)
+    except NonFiniteError as e:
+        print(f"unlearn-fast train: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as e:  # a setting the model or data reject
+        print(f"unlearn-fast train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"trained {result.step} steps; final model: {result.final_dir}")
+    return 0
+
+
+# --- the subcommand table ---------------------------------------------------------------------
+
+#: name -> (add_arguments(parser), run(args) -> exit code, help). ``demo``, ``continual`` and
+#: ``eval`` are registered here by their modules.
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--forget", type=int, nargs="+", default=[3], help="digit(s) to unlearn (default: 3)")
+    parser.add_argument("--method", default="ru", help="ru (default), esd, lu, fu, ablation, neggrad, finetune")
+    parser.add_argument("--model", default="class", choices=["class"], help="the embedded model to unlearn from")
+    parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: the demo's)")
+    parser.add_argument("--per-class", type=int, default=None, help="evaluation samples per class")
+    parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
+    parser.add_argument("--out", default="demo_out", help="folder for the grid, the run and the model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings(forget=args.forget, method=args.method, seed=args.seed, out=args.out,
+                            report=args.report, threads=args.threads)
+    if args.steps is not None:
+        settings.steps = args.steps
+    if args.per_class is not None:
+        settings.eval.per_class = args.per_class
+    try:
+        run_demo(settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "train": (add_train_arguments, run_train, "run an unlearning method (TrainConfig from --config and flags)"),
+    "demo": (add_demo_arguments, run_demo_command, "unlearn a digit from the embedded model, evaluate before/after"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn-fast", description="Unlearning in diffusion models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _, run, _ = SUBCOMMANDS[args.command]
+    try:
+        return int(run(args) or 0)
+    except ConfigError as e:
+        parser.exit(2, f"unlearn-fast {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
