@@ -68,14 +68,19 @@ class DualVariables:
         return self
 
     @torch.no_grad()
-    def update(self, index: torch.Tensor, values: torch.Tensor) -> None:
-        """One dual step from per-sample constraint values ``values[j]`` of constraint ``index[j]``.
+    def update(self, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """One dual step from per-sample constraint values ``values[j]`` of constraint ``index[j]``;
+        samples where ``mask`` is False are left out (a mask, not boolean indexing: no host sync).
 
-        Constraints without a sample in this step keep their lambda and estimate."""
-        index = index.to(self.lambdas.device).long()
-        values = values.to(self.lambdas.device, torch.float64)
-        sums = torch.zeros(self.n, dtype=torch.float64, device=self.lambdas.device).index_add_(0, index, values)
-        counts = torch.zeros_like(sums).index_add_(0, index, torch.ones_like(values))
+        Constraints without a sample in this step keep their lambda and estimate. Every rank
+        must call this at every step (it all-reduces), with or without samples."""
+        device = self.lambdas.device
+        index = index.to(device).long()
+        values = values.to(device, torch.float64)
+        keep = torch.ones_like(values) if mask is None else mask.to(device, torch.float64)
+        index = torch.where(keep > 0, index, torch.zeros_like(index))  # masked rows add 0 anywhere
+        sums = torch.zeros(self.n, dtype=torch.float64, device=device).index_add_(0, index, values * keep)
+        counts = torch.zeros_like(sums).index_add_(0, index, keep)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
             dist.all_reduce(counts)

@@ -37,6 +37,7 @@ class UnlearningObjective:
             same network with LoRA adapters disabled).
         weighting: the timestep weighting (``schedules.timestep_weights``); ``kl``/``elbo``
             are multiplied by T, the one-sample estimate of the whole chain.
+        snr_gamma: gamma of the ``min_snr`` weighting.
         reduction: the fused op's per-sample reduction (``"sum"`` gives nats with ``kl``).
         source: ``"data"`` (forward-noised ``batch.x0``) or ``"student"`` (ESD: the student
             samples from noise, without gradient, down to a random step); default: the method's.
@@ -48,7 +49,8 @@ class UnlearningObjective:
     """
 
     def __init__(self, model: ConditionedModel, scheduler, method: Method, *, teacher: ConditionedModel | None = None,
-                 weighting: str = "simple", reduction: str = "mean", source: str | None = None,
+                 weighting: str = "simple", snr_gamma: float | None = None, reduction: str = "mean",
+                 source: str | None = None,
                  t_range: tuple[int, int] | None = None, sampler_steps: int = 20, teacher_dtype=None,
                  guidance_scale: float = 3.0, backend: str = "auto", update_duals: bool = True):
         source = source or method.default_source
@@ -71,7 +73,7 @@ class UnlearningObjective:
         self.reduction = reduction
         self.update_duals = update_duals
         scale = T if weighting in ("kl", "elbo") else 1
-        self.weight_table = timestep_weights(scheduler, weighting) * scale
+        self.weight_table = timestep_weights(scheduler, weighting, snr_gamma=snr_gamma) * scale
 
     # --- x_t -------------------------------------------------------------------------
 

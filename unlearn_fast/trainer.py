@@ -498,14 +498,9 @@ def _train(config: TrainConfig) -> TrainResult:
     teacher_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
     objective = UnlearningObjective(
         adapter, scheduler, method, teacher=teacher, reduction=config.reduction,
-        weighting="simple" if config.weighting == "min_snr" else config.weighting,
-        source=config.source, t_range=tuple(config.t_range) if config.t_range else None,
+        weighting=config.weighting, snr_gamma=config.snr_gamma, source=config.source, t_range=tuple(config.t_range) if config.t_range else None,
         sampler_steps=config.sampler_steps, teacher_dtype=teacher_dtype, guidance_scale=config.guidance_scale,
     )
-    if config.weighting == "min_snr":
-        from .schedules import timestep_weights
-
-        objective.weight_table = timestep_weights(scheduler, "min_snr", snr_gamma=config.snr_gamma)
     objective.weight_table = objective.weight_table.to(device)
 
     data_gen = torch.Generator("cpu").manual_seed(_derive_seed(config.seed, rank, 1))

@@ -85,6 +85,16 @@ class Method:
         return True
 
 
+def check_all(condition: torch.Tensor, message: str) -> None:
+    """Raise ValueError(message) unless every element holds: eagerly on the CPU, without a
+    host synchronisation on a GPU (an asynchronous device assertion)."""
+    if condition.device.type == "cpu":
+        if not bool(condition.all()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(condition.all(), message)
+
+
 def per_role_mean(weights_per_sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
     """Divide each sample's weight by the number of samples of its role in the batch, so
     each role's term is a mean over its samples whatever the batch's mix."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..duals import DualVariables
-from .base import FORGET, NOISE, Batch, Method, Recipe, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, per_role_mean
 
 RETAIN_TERMS = ("data", "distill")
 
@@ -45,8 +45,9 @@ class ForwardKLUnlearning(Method):
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
-        if batch.sample_id is None or bool((forget & (batch.sample_id < 0)).any()):
+        if batch.sample_id is None:
             raise ValueError("batch.sample_id: FU needs the id of every forget sample")
+        check_all(~(forget & (batch.sample_id < 0)), "batch.sample_id: FU needs the id of every forget sample")
         lam = self.duals.lambdas.to(w.device, torch.float32)[batch.sample_id.clamp(min=0)]
         signed = torch.where(forget, -lam * w, w)
         noise = torch.full_like(batch.cond, NOISE)
@@ -57,7 +58,7 @@ class ForwardKLUnlearning(Method):
 
     def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
         forget = batch.role == FORGET
-        self.duals.update(batch.sample_id[forget], (w * dist[:, 0])[forget])
+        self.duals.update(batch.sample_id.clamp(min=0), w * dist[:, 0], mask=forget)
 
     def metrics(self) -> dict[str, float]:
         return self.duals.metrics("fu")

@@ -78,10 +78,11 @@ class LikelihoodUnlearning(Method):
         return Recipe(recipe.student_cond, recipe.teacher_conds, coeffs, recipe.weights)
 
     def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+        if self._ratio is None:
+            return
+        # every rank updates (and all-reduces) at every step, with or without forget samples
         forget = batch.role == FORGET
-        if self._ratio is not None and bool(forget.any()):
-            ratio = self._ratio[forget]
-            self.duals.update(torch.zeros_like(ratio, dtype=torch.long), ratio)
+        self.duals.update(torch.zeros_like(batch.cond), self._ratio, mask=forget)
 
     def metrics(self) -> dict[str, float]:
         return self.duals.metrics("lu", names=["ratio"])

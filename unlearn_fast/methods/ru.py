@@ -29,7 +29,7 @@ import torch
 
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
-from .base import FORGET, NOISE, Batch, Method, Recipe, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, per_role_mean
 
 DIVERGENCES = ("kl", "hellinger")
 
@@ -83,8 +83,7 @@ class ReverseKLUnlearning(Method):
         device = batch.cond.device
         concept = self.concept_of.to(device)[batch.cond]
         forget = batch.role == FORGET
-        if bool((forget & (concept < 0)).any()):
-            raise ValueError("batch: a forget sample's condition is not one of the method's forget conditions")
+        check_all(~(forget & (concept < 0)), "batch: a forget sample's condition is not one of the method's forget conditions")
         alpha, rest = self.alphas(device)
         a = torch.where(forget, alpha[concept.clamp(min=0)], torch.zeros_like(w))
         one, zero = torch.ones_like(w), torch.zeros_like(w)
@@ -121,8 +120,8 @@ class ReverseKLUnlearning(Method):
         if self.duals is None:
             return
         forget = batch.role == FORGET
-        concept = self.concept_of.to(batch.cond.device)[batch.cond]
-        self.duals.update(concept[forget], self.constraint_values(dist, w)[forget])
+        concept = self.concept_of.to(batch.cond.device)[batch.cond].clamp(min=0)
+        self.duals.update(concept, self.constraint_values(dist, w), mask=forget)
 
     def metrics(self) -> dict[str, float]:
         if self.duals is None:
