@@ -28,7 +28,7 @@ from .trainer import train
 
 #: Per-method settings of the demo, tuned on the embedded model (see README).
 DEMO_METHOD_DEFAULTS = {
-    "ru": dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, retain_weight=1.0)),
+    "ru": dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, retain_weight=3.0)),
     "esd": dict(method_kwargs=dict(eta=1.0, retain_weight=1.0), source="data"),
     "lu": dict(method_kwargs=dict(bound=0.5, init_lambda=1.0)),
     "fu": dict(method_kwargs=dict(bound=0.5)),
@@ -42,13 +42,13 @@ DEMO_METHOD_DEFAULTS = {
 class DemoSettings:
     forget: list[int] = field(default_factory=lambda: [3])
     method: str = "ru"
-    steps: int = 120
+    steps: int = 100
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 1e-4
     seed: int = 0
     out: str = "demo_out"
     report: str | None = None
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=50))
     threads: int | None = None
 
 
