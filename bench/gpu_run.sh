@@ -39,7 +39,7 @@ step tests "$PY" -m pytest -q -p no:cacheprovider tests
 step kernels "$PY" bench/bench_kernels.py --device cuda --compile default max-autotune \
     --sizes 1x4x64x64 8x4x64x64 32x4x64x64 1x4x128x128 8x4x128x128 1x16x128x128 8x16x128x128 1x16x16x60x90 \
     --csv "$RESULTS/kernels.csv"
-for optional in bench/bench_step.py bench/bench_runs.py; do
-    [ -f "$optional" ] && step "$(basename "$optional" .py)" "$PY" "$optional" --device cuda --out "$RESULTS"
-done
+step step_fp32 "$PY" bench/bench_step.py --device cuda --model sd15 --batch 8 --csv "$RESULTS/step.csv"
+step step_bf16 "$PY" bench/bench_step.py --device cuda --model sd15 --batch 8 --teacher-dtype bf16 --csv "$RESULTS/step.csv"
+step demo "$PY" -m unlearn_fast.cli demo --out "$RESULTS/demo" --report "$RESULTS/demo.json"
 echo "done: $RESULTS" | tee -a "$RESULTS/run.log"

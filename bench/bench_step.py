@@ -1,0 +1,171 @@
+"""Step benchmark: one RU unlearning step with our engine against a straightforward loop.
+
+The straightforward loop is what a user writes without unlearn_fast: separate no-grad
+teacher calls for the anchor, the forget concept and the retained prompts, a float32
+teacher, the target built in PyTorch, ``F.mse_loss`` for each term. Ours: one
+``UnlearningObjective.loss`` (one batched teacher call, the fused loss, the dual update;
+with ``--teacher-dtype bf16`` the teacher runs in bf16 under autocast).
+
+Models: ``tiny`` (a small class-conditional UNet2DModel at 16x16, for the CPU) and
+``sd15`` (a UNet2DConditionModel with the Stable Diffusion 1.5 architecture and random
+weights, 4x64x64 latents, 77x768 text embeddings, for a GPU).
+
+    python bench/bench_step.py --device cpu --model tiny --batch 32
+    python bench/bench_step.py --device cuda --model sd15 --batch 8 --teacher-dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_kernels import FIELDS, peak_memory, quantiles  # noqa: E402
+
+import unlearn_fast as uf  # noqa: E402
+from unlearn_fast.engine import UnlearningObjective  # noqa: E402
+from unlearn_fast.methods import Batch, ReverseKLUnlearning  # noqa: E402
+from unlearn_fast.models import ClassConditionalUNet, ConditionedModel  # noqa: E402
+
+NUM_CONDITIONS = 11  # 10 concepts + the null condition (id 10)
+
+
+class EmbeddingTableUNet(ConditionedModel):
+    """A UNet2DConditionModel whose conditions are rows of a fixed random embedding table
+    (stands in for a frozen text encoder's cached prompt embeddings)."""
+
+    def __init__(self, unet, embeddings):
+        self.module = unet
+        self.embeddings = embeddings
+        self.conditions = [str(i) for i in range(len(embeddings))]
+        self.null_id = len(embeddings) - 1
+
+    def predict(self, x_t, t, cond_ids):
+        return self.module(x_t, t, encoder_hidden_states=self.embeddings[cond_ids].to(x_t.dtype)).sample
+
+
+def build(model: str, device: str):
+    from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    if model == "tiny":
+        unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                           num_class_embeds=NUM_CONDITIONS).to(device)
+        return ClassConditionalUNet(unet, null_class=NUM_CONDITIONS - 1), scheduler, (1, 16, 16)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).to(device)  # the SD1.5 layout
+    emb = torch.randn(NUM_CONDITIONS, 77, 768, device=device)
+    return EmbeddingTableUNet(unet, emb), scheduler, (4, 64, 64)
+
+
+def make_batch(batch: int, shape, device, forget: int = 3) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    half = batch // 2
+    cond = torch.cat([torch.full((half,), forget), torch.randint(0, 3, (batch - half,), generator=g)])
+    role = torch.cat([torch.zeros(half), torch.ones(batch - half)]).long()
+    return Batch(torch.randn((batch, *shape), generator=g), cond.long(), role).to(device)
+
+
+def reference_step(student, teacher, scheduler, batch: Batch, eta: float, generator):
+    """The straightforward loop: separate fp32 teacher calls and F.mse_loss per term."""
+    x0 = batch.x0
+    t = torch.randint(0, 1000, (len(batch),), device=x0.device, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+    x_t = scheduler.add_noise(x0, noise, t)
+    forget = batch.role == 0
+    xf, tf, cf = x_t[forget], t[forget], batch.cond[forget]
+    xr, tr, cr = x_t[~forget], t[~forget], batch.cond[~forget]
+    with torch.no_grad():
+        eps_anchor = teacher.predict(xf, tf, torch.full_like(cf, teacher.null_id))
+        eps_forget = teacher.predict(xf, tf, cf)
+        eps_retain = teacher.predict(xr, tr, cr)
+    target = eps_anchor - eta * (eps_forget - eps_anchor)
+    loss = F.mse_loss(student.predict(xf, tf, cf).float(), target.float())
+    loss = loss + F.mse_loss(student.predict(xr, tr, cr).float(), eps_retain.float())
+    return loss
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default=None, choices=["tiny", "sd15"], help="default: tiny on CPU, sd15 on GPU")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--teacher-dtype", default=None, choices=["bf16", "fp16"])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--csv", default=None)
+    parser.add_argument("--out", default=None, help="folder: writes step.csv there")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_name = args.model or ("sd15" if args.device == "cuda" else "tiny")
+    batch_size = args.batch or (8 if model_name == "sd15" else 32)
+    device = args.device
+    student, scheduler, shape = build(model_name, device)
+    teacher = copy.copy(student)
+    teacher.module = copy.deepcopy(student.module).requires_grad_(False).eval()
+    if args.teacher_dtype and device == "cuda":
+        teacher.module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[args.teacher_dtype])
+    batch = make_batch(batch_size, shape, device)
+    params = [p for p in student.module.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    method = ReverseKLUnlearning([3], NUM_CONDITIONS - 1, num_conditions=NUM_CONDITIONS, init_lambda=0.5)
+    teacher_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.teacher_dtype)
+    objective = UnlearningObjective(student, scheduler, method, teacher=teacher, teacher_dtype=teacher_dtype)
+    gen = torch.Generator(device).manual_seed(0)
+    eta = 0.5 / (1 - 0.5)
+
+    def ours():
+        loss, _ = objective.loss(batch, generator=gen)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def reference():
+        loss = reference_step(student, teacher, scheduler, batch, eta, gen)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    date = datetime.date.today().isoformat()
+    dev_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{os.cpu_count()}cores-{torch.get_num_threads()}threads"
+    versions = f"torch={torch.__version__};unlearn_fast={uf.__version__}"
+    rows = []
+    results = {}
+    for name, fn in (("unlearn_fast", ours), ("reference_loop", reference)):
+        q = quantiles(fn, device, warmup=2, reps=args.reps, min_seconds=0)
+        mem = peak_memory(fn, device)
+        results[name] = (q, mem)
+        size = f"{model_name}-b{batch_size}" + (f"-teacher_{args.teacher_dtype}" if args.teacher_dtype else "")
+        rows.append(dict(kernel="ru_step", provider=name, mode="full", metric="ms", size=size,
+                         p20=f"{q[0]:.4g}", p50=f"{q[1]:.4g}", p80=f"{q[2]:.4g}", device=dev_name,
+                         versions=versions, date=date))
+        if mem is not None:
+            rows.append(dict(rows[-1], metric="peak_MiB", p20=f"{mem:.1f}", p50=f"{mem:.1f}", p80=f"{mem:.1f}"))
+    ours_ms, ref_ms = results["unlearn_fast"][0][1], results["reference_loop"][0][1]
+    print(f"RU step, {model_name}, batch {batch_size}, {dev_name}")
+    print(f"  unlearn_fast   {ours_ms:9.2f} ms (p50)" + (f", peak {results['unlearn_fast'][1]:.0f} MiB" if results['unlearn_fast'][1] else ""))
+    print(f"  reference loop {ref_ms:9.2f} ms (p50)" + (f", peak {results['reference_loop'][1]:.0f} MiB" if results['reference_loop'][1] else ""))
+    print(f"  speed-up {ref_ms / ours_ms:.2f}x" + (
+        f", memory ratio {results['unlearn_fast'][1] / results['reference_loop'][1]:.2f}x" if results['unlearn_fast'][1] else ""))
+    path = args.csv or (os.path.join(args.out, "step.csv") if args.out else None)
+    if path:
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
