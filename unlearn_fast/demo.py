@@ -29,10 +29,10 @@ from .trainer import train
 #: Per-method settings of the demo, tuned on the embedded model (see README).
 DEMO_METHOD_DEFAULTS = {
     "ru": dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, retain_weight=3.0)),
-    "esd": dict(method_kwargs=dict(eta=1.0, retain_weight=1.0), source="data"),
-    "lu": dict(method_kwargs=dict(bound=0.5, init_lambda=1.0)),
-    "fu": dict(method_kwargs=dict(bound=0.5)),
-    "ablation": dict(),
+    "esd": dict(method_kwargs=dict(eta=1.0, retain_weight=3.0), source="data"),
+    "lu": dict(method_kwargs=dict(bound=0.5, init_lambda=1.0, retain_weight=3.0)),
+    "fu": dict(method_kwargs=dict(bound=0.15, lambda_max=0.3, init_lambda=0.1)),
+    "ablation": dict(method_kwargs=dict(retain_weight=3.0)),
     "neggrad": dict(method_kwargs=dict(alpha=0.1)),
     "finetune": dict(),
 }
