@@ -193,9 +193,64 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
+    from .continual import CONTINUAL_METHODS
+
+    parser.add_argument("--sequence", required=True, help="the requests, in order: classes to erase (e.g. 3,8,5,1,9)")
+    parser.add_argument("--method", default="lacu",
+                        help=f"one or several of {', '.join(CONTINUAL_METHODS)}, comma separated (default: lacu)")
+    parser.add_argument("--model", default="class", choices=["class"], help="the embedded model to unlearn from")
+    parser.add_argument("--model-path", default=None, help="a class-conditional UNet2DModel folder (default: embedded)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per request (default: 100)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--per-class", type=int, default=20, help="evaluation samples per class (default: 20)")
+    parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
+    parser.add_argument("--lam-unl", type=float, default=None, help="LACU: weight of the mapping term")
+    parser.add_argument("--lam-pres", type=float, default=None, help="LACU: weight of the replay term")
+    parser.add_argument("--lam-reg", type=float, default=None, help="LACU (and l2): weight of the L2 anchor")
+    parser.add_argument("--replay", type=int, default=None, help="LACU: nearest retained classes replayed")
+    parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
+    parser.add_argument("--out", default="continual_out", help="folder for the runs, table.md and continual.png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run_continual_command(args: argparse.Namespace) -> int:
+    from .continual import ContinualSettings, LacuSettings, run_continual
+    from .eval.metrics import EvalSettings
+
+    try:
+        sequence = [int(c) for c in _split_list([args.sequence])]
+    except ValueError:
+        raise ConfigError(f"--sequence: expected class ids separated by commas, got {args.sequence!r}") from None
+    lacu = LacuSettings()
+    for key in ("lam_unl", "lam_pres", "lam_reg", "replay"):
+        if getattr(args, key) is not None:
+            setattr(lacu, key, getattr(args, key))
+    try:
+        settings = ContinualSettings(
+            sequence=sequence, methods=_split_list([args.method]), model_path=args.model_path, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, report=args.report,
+            eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=lacu,
+            threads=args.threads)
+        report = run_continual(settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    from .continual import markdown_table
+
+    print()
+    print(markdown_table(report))
+    print(f"\nreport: {settings.report or settings.out + '/report.json'}\ntable:  {settings.out}/table.md\n"
+          f"plot:   {settings.out}/continual.png")
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "train": (add_train_arguments, run_train, "run an unlearning method (TrainConfig from --config and flags)"),
     "demo": (add_demo_arguments, run_demo_command, "unlearn a digit from the embedded model, evaluate before/after"),
+    "continual": (add_continual_arguments, run_continual_command,
+                  "a sequence of unlearning requests (lacu, naive, l2, simultaneous), evaluated after each"),
 }
 
 

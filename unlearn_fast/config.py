@@ -62,6 +62,9 @@ class TrainConfig:
             ``tokenizer/``, ``scheduler/``) or ``"auto"`` (text when the folder has ``text_encoder/``).
         model_path: a diffusers folder; ``None`` is the embedded 16x16 MNIST class DDPM.
         null_class: the null class id of a class model (default: the last class).
+        allow_pickle: also load pickle-based weights (``diffusion_pytorch_model.bin``,
+            ``pytorch_model.bin``, ``.pt``/``.pth``/``.ckpt``) when a folder has no safetensors
+            weights. Off by default: unpickling an untrusted file can run arbitrary code.
 
     Data:
         data: ``"mnist"`` (the embedded MNIST train split), ``"pool"`` (samples of the frozen
@@ -75,7 +78,10 @@ class TrainConfig:
         adam_eps, weight_decay, max_grad_norm (None: no clipping), lr_scheduler,
         lr_warmup_steps, grad_accum, mixed_precision, device.
     Parameters: train_params (None: the method's default; all, cross_attn, no_cross_attn,
-        lora), lora_rank, lora_alpha (None: the rank), lora_targets.
+        lora), lora_rank, lora_alpha (None: the rank), lora_targets; l2_anchor (``lam``:
+        adds ``lam * sum ||p - p0||^2`` over the trainable parameters to the loss, ``p0``
+        their values at the start of the run, e.g. the previous model of a continual
+        sequence; 0: off).
     Objective: weighting, snr_gamma, reduction, source (None: the method's default), t_range,
         sampler_steps, guidance_scale (ESD's partial sampling).
     Run: checkpoint_every (0: never), keep_checkpoints (0: all), output_dir, resume (None,
@@ -92,11 +98,12 @@ class TrainConfig:
     model: Literal["auto", "class", "text"] = "auto"
     model_path: Optional[str] = None
     null_class: Optional[int] = None
+    allow_pickle: bool = False
 
     data: Literal["auto", "mnist", "pool"] = "auto"
     pool_size: int = 64
     pool_steps: int = 20
-    pool_guidance: float = 3.0
+    pool_guidance: float = 1.5  # the embedded model degrades above ~1.5 (assets/README.md)
 
     max_steps: int = 200
     batch_size: int = 32
@@ -118,6 +125,7 @@ class TrainConfig:
     lora_rank: int = 4
     lora_alpha: Optional[float] = None
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    l2_anchor: float = 0.0
 
     weighting: Literal["simple", "kl", "elbo", "snr", "min_snr"] = "simple"
     snr_gamma: Optional[float] = None
@@ -125,7 +133,7 @@ class TrainConfig:
     source: Optional[Literal["data", "student"]] = None
     t_range: Optional[list[int]] = None
     sampler_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.5
 
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -162,6 +170,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected an int >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.forget_fraction <= 1.0:
             raise ConfigError(f"forget_fraction: expected a float in [0, 1], got {self.forget_fraction}")
+        if not self.l2_anchor >= 0:
+            raise ConfigError(f"l2_anchor: expected a float >= 0, got {self.l2_anchor}")
         if not self.lr > 0:
             raise ConfigError(f"lr: expected a float > 0, got {self.lr}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

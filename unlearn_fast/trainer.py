@@ -23,7 +23,11 @@ renamed into place, so a crash never leaves a half-written checkpoint under a fi
 the last ``keep_checkpoints`` are kept. Each holds the trainable weights
 (``model.safetensors``: the whole UNet, or the LoRA weights only), the optimizer, the LR
 schedule, the method's state (duals), every RNG state of every rank (python, numpy, torch,
-CUDA, and the generators of the data and of the step) and the step. ``resume="latest"``
+CUDA, and the generators of the data and of the step) and the step. Model weights are
+safetensors; the optimizer, LR schedule, duals and RNG states are ``.pt`` files read back
+with ``torch.load(weights_only=True)`` (tensors and plain containers only, no code). Model
+folders with only pickle weights are refused unless ``allow_pickle`` (see
+``models_zoo.weights_use_safetensors``). ``resume="latest"``
 continues from the newest complete one so that, on the CPU, the resumed run ends with
 bit-identical weights to an uninterrupted run (on a GPU this also needs
 ``deterministic = true``).
@@ -61,8 +65,8 @@ from .engine import UnlearningObjective
 from .methods import FORGET, METHODS, RETAIN, Batch, Method
 from .models import ClassConditionalUNet, ConditionedModel, TextConditionalUNet, trainable_parameters
 
-__all__ = ["NonFiniteError", "SampleSource", "TrainResult", "build_method", "find_latest_checkpoint", "load_model",
-           "train"]
+__all__ = ["NonFiniteError", "SampleSource", "TrainResult", "build_method", "find_latest_checkpoint", "l2_anchor_penalty",
+           "load_model", "train"]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -102,7 +106,7 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
     """``(adapter, scheduler, kind)`` for the config's model (before LoRA wrapping)."""
     kind = model_kind(config)
     if kind == "class":
-        from .models_zoo import load_class_ddpm
+        from .models_zoo import load_class_ddpm, weights_use_safetensors
 
         path = config.model_path
         if path is not None and not os.path.isfile(os.path.join(path, "config.json")) \
@@ -110,11 +114,15 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
             # a pipeline folder (e.g. DDPMPipeline): unet/ and scheduler/ subfolders
             from diffusers import DDPMScheduler, UNet2DModel
 
-            unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True).to(device)
+            use_st = weights_use_safetensors(os.path.join(path, "unet"), config.allow_pickle)
+            unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True,
+                                               use_safetensors=use_st).to(device)
             scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(path, subfolder="scheduler",
                                                                             local_files_only=True))
         else:
-            unet, scheduler = load_class_ddpm(path, device=device)
+            if path is not None:
+                weights_use_safetensors(path, config.allow_pickle)  # names model_path in its error
+            unet, scheduler = load_class_ddpm(path, device=device, allow_pickle=config.allow_pickle)
         n = unet.config.num_class_embeds
         if n is None:
             raise ValueError(f"model_path: {config.model_path!r} is not a class-conditional UNet2DModel "
@@ -130,14 +138,20 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
             if not os.path.isdir(os.path.join(path, sub)):
                 raise ValueError(f"model_path: a text model folder needs a {sub}/ subfolder, "
                                  f"missing in {path!r}")
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True).to(device).train()
+        from .models_zoo import weights_use_safetensors
+
+        unet_st = weights_use_safetensors(os.path.join(path, "unet"), config.allow_pickle)
+        text_st = weights_use_safetensors(os.path.join(path, "text_encoder"), config.allow_pickle)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True,
+                                                    use_safetensors=unet_st).to(device).train()
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(path, subfolder="scheduler",
                                                                         local_files_only=True))
         tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
         with open(os.path.join(path, "text_encoder", "config.json")) as f:
             arch = (json.load(f).get("architectures") or ["CLIPTextModel"])[0]
         encoder_cls = getattr(transformers, arch, transformers.AutoModel)
-        text_encoder = encoder_cls.from_pretrained(os.path.join(path, "text_encoder"), local_files_only=True).to(device)
+        text_encoder = encoder_cls.from_pretrained(os.path.join(path, "text_encoder"), local_files_only=True,
+                                                   use_safetensors=text_st).to(device)
         prompts = [str(p) for p in list(config.forget) + list(config.retain)]
         if config.anchor is not None:
             prompts.append(str(config.anchor))
@@ -471,6 +485,8 @@ def _train(config: TrainConfig) -> TrainResult:
     if which is None:
         which = method.default_train_params  # e.g. ESD-u / ESD-x
     params = trainable_parameters(adapter.module, which)
+    # the L2 anchor's p0: the weights the run starts from (taken before a resume loads a checkpoint)
+    anchor = [p.detach().clone() for p in params] if config.l2_anchor > 0 else None
 
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -529,6 +545,7 @@ def _train(config: TrainConfig) -> TrainResult:
     first_bad_dual = torch.zeros((), dtype=torch.long, device=device)
     last_metrics: dict = {}
     last_dist = None
+    last_reg = None
     t_start = time.time()
     start_step = step
 
@@ -551,6 +568,11 @@ def _train(config: TrainConfig) -> TrainResult:
             batch = source.sample(data_gen)
             with accelerator.accumulate(prepared):
                 loss, m = objective.loss(batch, step_gen)
+                if anchor is not None:
+                    reg = l2_anchor_penalty(params, anchor, config.l2_anchor)
+                    loss = loss + reg
+                    m["loss"] = loss.detach()
+                    last_reg = reg.detach()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -582,6 +604,8 @@ def _train(config: TrainConfig) -> TrainResult:
             if last_dist is not None:
                 for i, v in enumerate(last_dist.tolist()):
                     last_metrics[f"dist[{i}]"] = v
+            if last_reg is not None:
+                last_metrics["l2_anchor"] = float(last_reg)
             last_metrics.update(method.metrics())
             last_metrics["elapsed_s"] = round(time.time() - t_start, 3)
             loss_sum = torch.zeros((), device=device)
@@ -613,6 +637,11 @@ def _train(config: TrainConfig) -> TrainResult:
     return TrainResult(output_dir=str(out), final_dir=final_dir, step=step, metrics=last_metrics,
                        checkpoints=[str(p) for _, p in list_checkpoints(out)], model=adapter, method=method,
                        resumed_from=str(resume_dir) if resume_dir is not None else None)
+
+
+def l2_anchor_penalty(params, anchor, lam: float) -> torch.Tensor:
+    """``lam * sum_i ||params[i] - anchor[i]||^2`` (``TrainConfig.l2_anchor``), differentiable in ``params``."""
+    return lam * sum((p.float() - p0.float()).square().sum() for p, p0 in zip(params, anchor))
 
 
 def _postfix(metrics: dict) -> dict:

@@ -3,6 +3,7 @@
 from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe
 from .baselines import ESD, ConceptAblation, Finetune, NegGrad
 from .fu import ForwardKLUnlearning
+from .lacu import LocalityAwareContinualUnlearning
 from .lu import LikelihoodUnlearning
 from .ru import ReverseKLUnlearning
 
@@ -14,6 +15,7 @@ METHODS = {
     "ablation": ConceptAblation,
     "neggrad": NegGrad,
     "finetune": Finetune,
+    "lacu": LocalityAwareContinualUnlearning,
 }
 
 __all__ = ["FORGET", "NOISE", "RETAIN", "Batch", "Method", "Recipe", "METHODS", "ESD", "ConceptAblation",
