@@ -1,0 +1,348 @@
+"""Continual unlearning (math.md section 8): the score distance against plain PyTorch, target
+selection and replay, the LACU recipe's loss and gradient against its formula, the trainer's
+L2 anchor, and a 2-request continual run on a tiny class UNet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from unlearn_fast.cli import SUBCOMMANDS, main as cli_main
+from unlearn_fast.config import ConfigError, TrainConfig
+from unlearn_fast.continual import (
+    ContinualSettings, LacuSettings, ScoreDistance, markdown_table, run_continual, select_replay, select_target,
+)
+from unlearn_fast.engine import UnlearningObjective
+from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
+from unlearn_fast.methods import FORGET, METHODS, RETAIN, Batch, LocalityAwareContinualUnlearning
+from unlearn_fast.models import ClassConditionalUNet, ConditionedModel
+from unlearn_fast.trainer import l2_anchor_penalty, train
+
+T = 1000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_unet(seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=11)
+
+
+@pytest.fixture(scope="module")
+def class_dir(tmp_path_factory) -> str:
+    """A tiny class-conditional UNet2DModel (11 classes, 10 = null) with its scheduler."""
+    from diffusers import DDPMScheduler
+
+    path = tmp_path_factory.mktemp("tiny_class")
+    tiny_unet().save_pretrained(path)
+    DDPMScheduler(num_train_timesteps=T).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=T)
+
+
+class Counting(ClassConditionalUNet):
+    """Counts the model calls (to check the batched pass and the cache)."""
+
+    calls = 0
+
+    def predict(self, x_t, t, cond_ids):
+        self.calls += 1
+        return super().predict(x_t, t, cond_ids)
+
+
+def plain_distance(model, x_t, t, a, b) -> float:
+    """d(a, b) = mean_k mean_j (eps(x_t^k, t_k, a) - eps(x_t^k, t_k, b))^2, one draw at a time."""
+    total = 0.0
+    with torch.no_grad():
+        for k in range(len(t)):
+            x, tk = x_t[k:k + 1].double(), t[k:k + 1]
+            ea = model.module.double()(x, tk, class_labels=torch.tensor([a])).sample
+            eb = model.module(x, tk, class_labels=torch.tensor([b])).sample
+            total += float((ea - eb).square().mean())
+    model.module.float()
+    return total / len(t)
+
+
+# --- score distance ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_x0", [False, True])
+def test_score_distance_matches_plain_pytorch(scheduler, with_x0):
+    model = Counting(tiny_unet(1), null_class=10)
+    x0 = torch.rand(5, 1, 8, 8) * 2 - 1 if with_x0 else None
+    d = ScoreDistance(model, scheduler, draws=6, x0=x0, seed=3, batch_size=1000)
+    candidates = [0, 2, 5, 9]
+    got = d.distances(7, candidates)
+    assert model.calls == 1  # one batched pass over (1 + candidates) x draws
+    want = torch.tensor([plain_distance(model, d.x_t, d.t, 7, c) for c in candidates], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+    # cached per model: asking again, or for a subset, calls the model no more
+    torch.testing.assert_close(d.distances(7, [2, 9]), want[[1, 3]])
+    assert model.calls == 1
+    # the matrix is symmetric with a zero diagonal
+    m = d.matrix([0, 2, 7])
+    torch.testing.assert_close(m, m.T)
+    assert torch.all(m.diagonal() == 0)
+    if with_x0:  # x_t is x0 forward-noised: the draws differ from pure noise of the same seed
+        assert not torch.allclose(d.x_t, ScoreDistance(model, scheduler, draws=6, seed=3).x_t)
+
+
+class FixedDistance:
+    """A stand-in distance with a given matrix (to test the selection rules alone)."""
+
+    def __init__(self, matrix):
+        self.m = torch.as_tensor(matrix, dtype=torch.float64)
+
+    def distances(self, a, candidates):
+        return self.m[a, list(candidates)]
+
+
+def test_target_selection_picks_the_nearest_admissible():
+    #           0    1    2    3    4
+    m = [[0.0, 0.5, 0.1, 0.3, 0.2],
+         [0.5, 0.0, 0.4, 0.6, 0.7],
+         [0.1, 0.4, 0.0, 0.2, 0.9],
+         [0.3, 0.6, 0.2, 0.0, 0.8],
+         [0.2, 0.7, 0.9, 0.8, 0.0]]
+    d = FixedDistance(m)
+    assert select_target(d, 0, range(5))[0] == 2
+    assert select_target(d, 0, range(5), erased=[2])[0] == 4  # erased before: not admissible
+    target, dist = select_target(d, 0, range(5), erased=[2], current=[0, 4])  # erased now: neither
+    assert target == 3 and set(dist) == {1, 3}
+    with pytest.raises(ValueError, match="no admissible mapping target"):
+        select_target(d, 0, [0, 2, 4], erased=[2], current=[4])
+
+
+def test_target_selection_with_score_distance(scheduler):
+    model = ClassConditionalUNet(tiny_unet(2), null_class=10)
+    d = ScoreDistance(model, scheduler, draws=4, seed=0)
+    row = d.distances(3, range(10))
+    erased = [int(c) for c in row.argsort()[1:3]]  # the two nearest are erased already
+    target, _ = select_target(d, 3, range(10), erased=erased, current=[3])
+    admissible = [c for c in range(10) if c not in erased + [3]]
+    assert target == min(admissible, key=lambda c: row[c])
+
+
+def test_replay_picks_the_nearest_retained():
+    m = torch.tensor([[0.0, 0.5, 0.1, 0.3, 0.2],
+                      [0.5, 0.0, 0.4, 0.6, 0.7],
+                      [0.1, 0.4, 0.0, 0.2, 0.9],
+                      [0.3, 0.6, 0.2, 0.0, 0.8],
+                      [0.2, 0.7, 0.9, 0.8, 0.0]])
+    d = FixedDistance(m)
+    assert select_replay(d, [0], [1, 2, 3, 4], 2) == [2, 4]
+    assert select_replay(d, [0], [1, 3, 4], 2) == [4, 3]
+    assert select_replay(d, [0], [1, 2, 3, 4], 0) == []
+    assert select_replay(d, [0, 1], [2, 3, 4], 1) == [2]  # the union over forgotten conditions, no repeats
+    assert select_replay(d, [4, 1], [2, 3, 0], 1) == [0, 2]
+
+
+# --- the LACU recipe -------------------------------------------------------------------------------
+
+SHAPE = (2, 3, 3)
+N_COND = 6
+DT = torch.float64
+
+
+class TinyModel(ConditionedModel):
+    """eps(x, t, c) = a_c * x + b_c + s_c * tanh(x) * t / T."""
+
+    def __init__(self, seed: int, frozen: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        self.module = nn.Module()
+        self.module.a = nn.Parameter(1 + 0.3 * torch.randn(N_COND, generator=g, dtype=DT))
+        self.module.b = nn.Parameter(torch.randn(N_COND, *SHAPE, generator=g, dtype=DT))
+        self.module.s = nn.Parameter(torch.randn(N_COND, generator=g, dtype=DT))
+        self.module.requires_grad_(not frozen)
+        self.conditions = [str(i) for i in range(N_COND)]
+        self.null_id = N_COND - 1
+
+    def predict(self, x_t, t, cond_ids):
+        m = self.module
+        view = (-1,) + (1,) * len(SHAPE)
+        c = cond_ids
+        return m.a[c].view(view) * x_t + m.b[c] + m.s[c].view(view) * torch.tanh(x_t) * (t.to(DT) / T).view(view)
+
+
+def draw(batch, scheduler, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, T, (len(batch),), generator=g)
+    noise = torch.randn(batch.x0.shape, dtype=DT, generator=g)
+    abar = scheduler.alphas_cumprod.to(DT)[t].view(-1, *([1] * len(SHAPE)))
+    return abar.sqrt() * batch.x0 + (1 - abar).sqrt() * noise, t
+
+
+def msq(r):
+    return r.square().flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("lam_unl, lam_pres, share, eta", [(1.0, 1.0, 0.0, 0.0), (5.0, 25.0, 0.0, 0.0),
+                                                           (2.0, 0.5, 0.5, 0.0), (1.0, 2.0, 0.5, 0.7)])
+def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, share, eta):
+    # forget 0 -> target 3, forget 1 -> target 2; replay 2, 3, 4
+    conds = [0, 1, 0, 2, 3, 4, 3, 2, 3]
+    roles = [FORGET] * 3 + [RETAIN] * 6
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(len(conds), *SHAPE, generator=g, dtype=DT), torch.tensor(conds), torch.tensor(roles))
+    method = LocalityAwareContinualUnlearning([0, 1], num_conditions=N_COND, targets=[3, 2], lam_unl=lam_unl,
+                                              lam_pres=lam_pres, target_share=share, eta=eta)
+    student, teacher = TinyModel(1), TinyModel(2, frozen=True)
+    objective = UnlearningObjective(student, scheduler, method, teacher=teacher, weighting="simple")
+    loss, _ = objective.loss(batch, torch.Generator().manual_seed(7))
+    loss.backward()
+
+    ref = TinyModel(1)
+    x_t, t = draw(batch, scheduler, 7)
+    target = {0: 3, 1: 2}
+    mapped, replayed = [], []
+    seen = {2: 0, 3: 0}
+    for b, (c, r) in enumerate(zip(conds, roles)):
+        if r == FORGET:
+            mapped.append((b, c, target[c]))
+            continue
+        if c in seen:  # a mapping target's replay sample: every 1/share-th one maps its source instead
+            seen[c] += 1
+            source = {3: 0, 2: 1}[c]
+            if share > 0 and seen[c] % round(1 / share) == 0:
+                mapped.append((b, source, c))
+                continue
+        replayed.append((b, c))
+    idx = torch.tensor([b for b, _, _ in mapped])
+    src = torch.tensor([s for _, s, _ in mapped])
+    to = teacher.predict(x_t[idx], t[idx], torch.tensor([m for _, _, m in mapped]))
+    away = teacher.predict(x_t[idx], t[idx], src)
+    unl = msq(ref.predict(x_t[idx], t[idx], src) - (to - eta * (away - to))).mean()
+    idx = torch.tensor([b for b, _ in replayed])
+    cr = torch.tensor([c for _, c in replayed])
+    pres = msq(ref.predict(x_t[idx], t[idx], cr) - teacher.predict(x_t[idx], t[idx], cr)).mean()
+    ref_loss = lam_unl * unl + lam_pres * pres
+    ref_loss.backward()
+    torch.testing.assert_close(loss.to(DT), ref_loss.detach(), rtol=1e-5, atol=1e-9)
+    for name, p in ref.module.named_parameters():
+        torch.testing.assert_close(student.module.get_parameter(name).grad, p.grad, rtol=1e-5, atol=1e-9,
+                                   msg=f"gradient of {name}")
+    if share > 0:
+        assert len(mapped) == 3 + 2  # one of the three 3-samples and one of the two 2-samples
+
+
+def test_lacu_is_registered_and_checks_its_arguments():
+    assert METHODS["lacu"] is LocalityAwareContinualUnlearning
+    with pytest.raises(ValueError, match="one mapping target per forget"):
+        LocalityAwareContinualUnlearning([0, 1], num_conditions=6, targets=[2])
+    with pytest.raises(ValueError, match="itself being erased"):
+        LocalityAwareContinualUnlearning([0, 1], num_conditions=6, targets=[1, 2])
+    with pytest.raises(ConfigError, match="method_kwargs.lam_unl: expected float"):
+        TrainConfig(method="lacu", forget=["3"], method_kwargs={"targets": [5], "lam_unl": "big"})
+
+
+# --- the L2 anchor ------------------------------------------------------------------------------------
+
+
+def test_l2_anchor_penalty_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    p = [torch.randn(3, 4, generator=g, requires_grad=True), torch.randn(5, generator=g, requires_grad=True)]
+    p0 = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+    lam = 0.37
+    reg = l2_anchor_penalty(p, p0, lam)
+    want = lam * sum(float(((a.detach() - b) ** 2).sum()) for a, b in zip(p, p0))
+    assert float(reg) == pytest.approx(want, rel=1e-6)
+    reg.backward()
+    for a, b in zip(p, p0):
+        torch.testing.assert_close(a.grad, 2 * lam * (a.detach() - b))
+
+
+def test_trainer_adds_exactly_the_l2_anchor(tmp_path, class_dir):
+    """The loss logged at step 2 is the method's loss plus lam * ||theta_1 - theta_0||^2, with
+    theta_1 the weights after step 1 (its checkpoint) and theta_0 the starting weights."""
+    from safetensors.torch import load_file
+
+    lam = 0.5
+    common = dict(method="neggrad", forget=["3"], retain=["1"], model_path=class_dir, batch_size=4, max_steps=2,
+                  log_every=1, progress=False, checkpoint_every=1, keep_checkpoints=0)
+    with_anchor = train(TrainConfig(output_dir=str(tmp_path / "a"), l2_anchor=lam, **common))
+    without = train(TrainConfig(output_dir=str(tmp_path / "b"), **common))
+    logs = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    plain = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    theta0 = load_file(os.path.join(class_dir, "diffusion_pytorch_model.safetensors"))
+    theta1 = load_file(str(tmp_path / "a" / "checkpoint-00000001" / "model.safetensors"))
+    expected = lam * sum(float((theta1[k].double() - theta0[k].double()).square().sum()) for k in theta0)
+    assert logs[0]["l2_anchor"] == 0.0  # step 1 starts at theta_0
+    assert logs[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-6)
+    assert logs[1]["l2_anchor"] == pytest.approx(expected, rel=1e-4)
+    assert "l2_anchor" not in plain[1]
+    assert logs[1]["loss"] > logs[1]["l2_anchor"] > 0
+    assert with_anchor.step == without.step == 2
+    with pytest.raises(ConfigError, match="l2_anchor: expected a float >= 0"):
+        TrainConfig(forget=["3"], l2_anchor=-1.0)
+
+
+# --- a continual run ----------------------------------------------------------------------------------
+
+
+def tiny_evaluator(scheduler) -> ClassEvaluator:
+    from unlearn_fast.data import load_split
+    from unlearn_fast.eval.classifier import DigitClassifier
+
+    torch.manual_seed(0)
+    images, labels = load_split("heldout", size=8)
+    keep = torch.cat([(labels == c).nonzero().squeeze(1)[:12] for c in range(10)])
+    return ClassEvaluator(scheduler, DigitClassifier(image_size=8), images[keep], labels[keep],
+                          EvalSettings(per_class=2, steps=2, guidance=1.0, kl_draws=2))
+
+
+def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir, scheduler):
+    settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive", "simultaneous"], model_path=class_dir,
+                                 steps=2, batch_size=4, out=str(tmp_path / "out"),
+                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2))
+    report = run_continual(settings, evaluator=tiny_evaluator(scheduler), log=lambda line: None)
+    on_disk = json.load(open(tmp_path / "out" / "report.json"))
+    assert on_disk["sequence"] == [3, 8] and set(on_disk["methods"]) == {"lacu", "naive", "simultaneous"}
+    for method in ("lacu", "naive"):
+        steps = on_disk["methods"][method]["steps"]
+        assert [s["step"] for s in steps] == [1, 2]
+        assert [s["erased"] for s in steps] == [[3], [3, 8]]
+        for s in steps:
+            for key in ("ua", "ua_min", "retain_acc", "neighbor_acc", "fid", "kl_to_original"):
+                assert isinstance(s[key], float), (method, key)
+            assert set(s["ua_per_class"]) == {str(c) for c in s["erased"]}
+    lacu = on_disk["methods"]["lacu"]["steps"]
+    assert lacu[0]["target"] not in (3,) and lacu[1]["target"] not in (3, 8)  # admissible targets only
+    assert 3 in lacu[1]["replayed"] and 8 not in lacu[1]["replayed"]  # the erased class is replayed
+    # step 2 started from step 1's model
+    cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
+    assert cfg["model_path"] == lacu[0]["model_dir"] and cfg["l2_anchor"] == settings.lacu.lam_reg
+    assert [s["step"] for s in on_disk["methods"]["simultaneous"]["steps"]] == [2]
+    assert on_disk["settings"]["eval"]["per_class"] == 2
+    assert (tmp_path / "out" / "continual.png").stat().st_size > 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| lacu | 2 | 3,8 |" in table and "| naive | 1 | 3 |" in table
+    assert markdown_table(report) in table
+
+
+def test_cli_has_the_continual_command(capsys):
+    assert "continual" in SUBCOMMANDS
+    with pytest.raises(SystemExit) as err:
+        cli_main(["continual", "--sequence", "3,8", "--method", "magic", "--out", "unused"])
+    assert err.value.code == 2
+    assert "method: expected some of" in capsys.readouterr().err
