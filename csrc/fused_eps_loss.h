@@ -27,6 +27,7 @@
 // results are bit-identical from run to run.
 #pragma once
 #include <torch/all.h>
+#include <functional>
 #include <vector>
 
 namespace unlearn_fast {
@@ -40,6 +41,15 @@ int64_t check_fused_eps_loss_inputs(const at::Tensor& pred, const std::vector<at
 
 // The gradient buffer: pred's inner strides, batch stride D (dense).
 at::Tensor empty_grad_like(const at::Tensor& pred, int64_t D);
+
+// What a device kernel does: fill dist [B, M] (and grad when not null) for B > 0, D > 0.
+using KernelLauncher = std::function<void(int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad)>;
+
+// The frame every device kernel shares: the checks, the outputs, the empty cases (B = 0,
+// D = 0) and the loss from dist; `launch` runs the kernel itself.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_frame(
+    const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
+    const at::Tensor& weights, bool sum_reduction, bool compute_grad, const KernelLauncher& launch);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_cpu(
     const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,

@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "fused_eps_loss.h"
@@ -85,6 +86,25 @@ at::Tensor empty_grad_like(const at::Tensor& pred, int64_t D) {
   std::vector<int64_t> strides(pred.strides().begin(), pred.strides().end());
   strides[0] = D;
   return at::empty_strided(pred.sizes(), strides, pred.options());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_frame(
+    const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
+    const at::Tensor& weights, bool sum_reduction, bool compute_grad, const KernelLauncher& launch) {
+  const int64_t D = check_fused_eps_loss_inputs(pred, others, coeffs, weights);
+  const int64_t B = pred.size(0), M = coeffs.size(1);
+  // mean over zero elements is 0/0, as in F.mse_loss
+  const double scale = sum_reduction ? 1.0 : (D == 0 ? std::nan("") : 1.0 / static_cast<double>(D));
+  at::Tensor dist = at::empty({B, M}, weights.options());
+  at::Tensor grad = compute_grad ? empty_grad_like(pred, D) : at::empty({0}, pred.options());
+  if (B > 0 && D > 0) {
+    launch(D, scale, dist, compute_grad ? &grad : nullptr);
+  } else {
+    dist.fill_(B > 0 ? scale * 0.0 : 0.0);
+    if (compute_grad) grad.zero_();
+  }
+  at::Tensor loss = (weights * dist).sum();
+  return {loss, dist, grad};
 }
 
 TORCH_LIBRARY(unlearn_fast, m) {

@@ -293,24 +293,14 @@ void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_cuda(
     const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
     const at::Tensor& weights, bool sum_reduction, bool compute_grad) {
-  const int64_t D = check_fused_eps_loss_inputs(pred, others, coeffs, weights);
   TORCH_CHECK(pred.is_cuda(), "fused_eps_loss (CUDA kernel): pred is on ", pred.device());
   const c10::cuda::CUDAGuard guard(pred.device());
-  const int64_t B = pred.size(0), M = coeffs.size(1);
-  // mean over zero elements is 0/0, as in F.mse_loss
-  const double scale = sum_reduction ? 1.0 : (D == 0 ? std::nan("") : 1.0 / static_cast<double>(D));
-  at::Tensor dist = at::empty({B, M}, weights.options());
-  at::Tensor grad = compute_grad ? empty_grad_like(pred, D) : at::empty({0}, pred.options());
-  if (B > 0 && D > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "fused_eps_loss_cuda", [&] {
-      run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, compute_grad ? &grad : nullptr);
-    });
-  } else {
-    dist.fill_(B > 0 ? scale * 0.0 : 0.0);
-    if (compute_grad) grad.zero_();
-  }
-  at::Tensor loss = (weights * dist).sum();
-  return {loss, dist, grad};
+  return fused_eps_loss_frame(pred, others, coeffs, weights, sum_reduction, compute_grad,
+                              [&](int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad) {
+                                AT_DISPATCH_FLOATING_TYPES_AND2(
+                                    at::kHalf, at::kBFloat16, pred.scalar_type(), "fused_eps_loss_cuda",
+                                    [&] { run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, grad); });
+                              });
 }
 
 TORCH_LIBRARY_IMPL(unlearn_fast, CUDA, m) { m.impl("fused_eps_loss", &fused_eps_loss_cuda); }
