@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from unlearn_fast.continual import (  # noqa: E402
-    CONTINUAL_METHODS, ContinualSettings, LacuSettings, markdown_table, run_continual, write_report,
+    CONTINUAL_METHODS, ContinualSettings, LacuSettings, load_report, markdown_table, run_continual, write_report,
 )
 from unlearn_fast.eval.metrics import EvalSettings  # noqa: E402
 
@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "continual"))
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "continual"))
+    parser.add_argument("--merge", default=None, metavar="REPORT",
+                        help="an earlier report of the same sequence and evaluation: its methods not run now are "
+                             "added to the table and plot (e.g. keep the baselines while re-running lacu)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -53,6 +56,18 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     report = run_continual(settings)
     report["command"] = "python bench/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        old = load_report(args.merge)
+        if old["sequence"] != report["sequence"] or old["settings"]["eval"] != report["settings"]["eval"] \
+                or old["original"]["per_class_acc"] != report["original"]["per_class_acc"]:
+            raise SystemExit(f"--merge: {args.merge} has another sequence, evaluation or original model")
+        for method, res in old["methods"].items():
+            if method not in report["methods"]:
+                report["methods"][method] = {**res, "merged_from": old.get("command", args.merge)}
+                if method == "l2":
+                    report["settings"]["l2_anchor"] = old["settings"]["l2_anchor"]
+        report["settings"]["merged"] = {"report": os.path.relpath(args.merge, ROOT),
+                                        "command": old.get("command"), "settings": old["settings"]}
     write_report(report, os.path.join(args.results, "report.json"), args.results)
     print()
     print(markdown_table(report))
