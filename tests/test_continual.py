@@ -266,7 +266,7 @@ def test_l2_anchor_penalty_value_and_gradient():
     lam = 0.37
     reg = l2_anchor_penalty(p, p0, lam)
     want = lam * sum(float(((a.detach() - b) ** 2).sum()) for a, b in zip(p, p0))
-    assert float(reg) == pytest.approx(want, rel=1e-6)
+    assert float(reg.detach()) == pytest.approx(want, rel=1e-6)
     reg.backward()
     for a, b in zip(p, p0):
         torch.testing.assert_close(a.grad, 2 * lam * (a.detach() - b))

@@ -18,7 +18,9 @@ Methods (math.md section 8):
   erased by earlier requests, so their erasure is distilled too); the request trains the
   ``lacu`` method (``methods.lacu``) with the L2 anchor ``TrainConfig.l2_anchor`` to the
   previous parameters. Its defaults (``LacuSettings``), chosen on the embedded model with
-  the sequence 3,8,5,1,9: lr 2e-4; x0 from a pool of the previous model's own samples
+  the sequences 3,8,5,1,9 and 2,7,4,0,6: the 5 nearest retained classes replayed (with 3,
+  the classes outside them lost up to half their accuracy in one request); lr 2e-4; x0
+  from a pool of the previous model's own samples
   (so an erased condition is replayed on what it now generates); half of the target's
   replay samples also train the mapping (``target_share``); a push-away weight
   ``eta = 0.5`` (``eta = 0`` is the plain LACU term, which left 5-15% of the samples of some
@@ -194,7 +196,7 @@ class LacuSettings:
     lam_reg: float = 1e-3  # l2_anchor: lam_reg * sum ||theta - theta_prev||^2
     target_share: float = 0.5  # share of the target's replay samples used for the mapping term (methods.lacu)
     eta: float = 0.5  # push-away weight of the mapping target (methods.lacu; 0: the plain LACU term)
-    replay: int = 3  # nearest retained conditions replayed per forgotten one
+    replay: int = 5  # nearest retained conditions replayed per forgotten one
     replay_erased: bool = True  # also replay the conditions erased by earlier requests
     draws: int = 64  # shared (x_t, t) draws of the score distance
     draws_from: str = "forget"  # x0 of the draws: "forget" (images of the forgotten class) or "noise"

@@ -65,8 +65,8 @@ from .engine import UnlearningObjective
 from .methods import FORGET, METHODS, RETAIN, Batch, Method
 from .models import ClassConditionalUNet, ConditionedModel, TextConditionalUNet, trainable_parameters
 
-__all__ = ["NonFiniteError", "SampleSource", "TrainResult", "build_method", "find_latest_checkpoint", "l2_anchor_penalty",
-           "load_model", "train"]
+__all__ = ["NonFiniteError", "SampleSource", "TrainResult", "build_method", "find_latest_checkpoint",
+           "l2_anchor_penalty", "load_model", "train"]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
