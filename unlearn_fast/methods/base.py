@@ -75,14 +75,18 @@ class Method:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    #: the method's ``duals.DualVariables``, if it has any: checkpointed and checked below
+    duals = None
+
     def state_dict(self) -> dict:
-        return {}
+        return {} if self.duals is None else {"duals": self.duals.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.duals is not None:
+            self.duals.load_state_dict(state["duals"])
 
     def is_finite(self) -> bool:
-        return True
+        return self.duals is None or self.duals.is_finite()
 
 
 def check_all(condition: torch.Tensor, message: str) -> None:

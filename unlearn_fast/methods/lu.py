@@ -86,12 +86,3 @@ class LikelihoodUnlearning(Method):
 
     def metrics(self) -> dict[str, float]:
         return self.duals.metrics("lu", names=["ratio"])
-
-    def state_dict(self) -> dict:
-        return {"duals": self.duals.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.duals.load_state_dict(state["duals"])
-
-    def is_finite(self) -> bool:
-        return self.duals.is_finite()

@@ -128,14 +128,4 @@ class ReverseKLUnlearning(Method):
             return {}
         return self.duals.metrics("ru", names=[str(c) for c in self.forget])
 
-    def state_dict(self) -> dict:
-        return {} if self.duals is None else {"duals": self.duals.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.duals is not None:
-            self.duals.load_state_dict(state["duals"])
-
-    def is_finite(self) -> bool:
-        return self.duals is None or self.duals.is_finite()
-
 
