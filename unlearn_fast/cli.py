@@ -168,7 +168,8 @@ def run_train(args: argparse.Namespace) -> int:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forget", type=int, nargs="+", default=[3], help="digit(s) to unlearn (default: 3)")
     parser.add_argument("--method", default="ru", help="ru (default), esd, lu, fu, ablation, neggrad, finetune")
-    parser.add_argument("--model", default="class", choices=["class"], help="the embedded model to unlearn from")
+    parser.add_argument("--model", default="class", choices=["class", "text"],
+                        help="the embedded model: class (class-conditional, default) or text (erases the digit's prompt)")
     parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: the demo's)")
     parser.add_argument("--per-class", type=int, default=None, help="evaluation samples per class")
     parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
@@ -180,7 +181,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings(forget=args.forget, method=args.method, seed=args.seed, out=args.out,
+    settings = DemoSettings(forget=args.forget, method=args.method, model=args.model, seed=args.seed, out=args.out,
                             report=args.report, threads=args.threads)
     if args.steps is not None:
         settings.steps = args.steps
@@ -199,8 +200,10 @@ def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequence", required=True, help="the requests, in order: classes to erase (e.g. 3,8,5,1,9)")
     parser.add_argument("--method", default="lacu",
                         help=f"one or several of {', '.join(CONTINUAL_METHODS)}, comma separated (default: lacu)")
-    parser.add_argument("--model", default="class", choices=["class"], help="the embedded model to unlearn from")
-    parser.add_argument("--model-path", default=None, help="a class-conditional UNet2DModel folder (default: embedded)")
+    parser.add_argument("--model", default="class", choices=["class", "text"],
+                        help="the embedded model: class (default) or text (each request erases the digit's prompt)")
+    parser.add_argument("--model-path", default=None,
+                        help="a model folder of that kind (default: the embedded one)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per request (default: 100)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -231,7 +234,8 @@ def run_continual_command(args: argparse.Namespace) -> int:
             setattr(lacu, key, getattr(args, key))
     try:
         settings = ContinualSettings(
-            sequence=sequence, methods=_split_list([args.method]), model_path=args.model_path, steps=args.steps,
+            sequence=sequence, methods=_split_list([args.method]), model=args.model, model_path=args.model_path,
+            steps=args.steps,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, report=args.report,
             eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=lacu,
             threads=args.threads)

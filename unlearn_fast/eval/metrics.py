@@ -16,6 +16,11 @@ and reports:
   retained classes, ``E[T w_t ||eps - eps_orig||^2]`` in nats per sample (the fused op,
   ``kl`` weights, ``reduction="sum"``) over fixed ``(x_0, t, noise)`` draws.
 
+For a text-conditioned model the classes are prompts: with ``prompts`` (one per class, e.g.
+``"a handwritten digit seven"``) each model's condition ids come from
+``model.add_prompts(prompts)``, so models with different prompt lists (the original and an
+unlearned one) are scored on the same classes.
+
 Every number depends on these settings, so every report carries them (``settings``).
 """
 
@@ -62,10 +67,15 @@ class ClassEvaluator:
         scheduler: the model's noise scheduler.
         classifier: a classifier with ``forward`` (logits) and ``features``.
         real_images, real_labels: held-out real images (not used for training) and labels.
+        prompts: for a text-conditioned model, the prompt of each class (``num_classes`` of them);
+            ``None``: condition id ``c`` is class ``c``.
     """
 
     def __init__(self, scheduler, classifier, real_images: torch.Tensor, real_labels: torch.Tensor,
-                 settings: EvalSettings | None = None, num_classes: int = 10):
+                 settings: EvalSettings | None = None, num_classes: int = 10, prompts: Sequence[str] | None = None):
+        if prompts is not None and len(prompts) != num_classes:
+            raise ValueError(f"prompts: expected one prompt per class ({num_classes}), got {len(prompts)}")
+        self.prompts = list(prompts) if prompts is not None else None
         self.scheduler = scheduler
         self.classifier = classifier.eval()
         self.settings = settings or EvalSettings()
@@ -91,12 +101,33 @@ class ClassEvaluator:
             out.extend(c for c in near if c not in out)
         return out
 
-    def generate(self, model: ConditionedModel, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition_ids(self, model: ConditionedModel) -> torch.Tensor:
+        """The model's condition id of each class, ``[num_classes]``."""
+        if self.prompts is None:
+            return torch.arange(self.num_classes)
+        if not hasattr(model, "add_prompts"):
+            raise TypeError("model: the evaluator has prompts but the model takes no prompts (not a text model)")
+        return torch.tensor(model.add_prompts(self.prompts))
+
+    def generate(self, model: ConditionedModel, progress=None,
+                 classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``per_class`` samples of each of ``classes`` (default: all) and their class labels."""
         s = self.settings
-        cond = torch.arange(self.num_classes).repeat_interleave(s.per_class)
+        classes = torch.arange(self.num_classes) if classes is None else torch.tensor(list(classes))
+        cond = classes.repeat_interleave(s.per_class)
         g = torch.Generator().manual_seed(s.seed)
-        return sample(model, self.scheduler, cond, steps=s.steps, guidance=s.guidance, generator=g,
-                      progress=progress), cond
+        return sample(model, self.scheduler, self.condition_ids(model)[cond], steps=s.steps, guidance=s.guidance,
+                      generator=g, progress=progress), cond
+
+    @torch.no_grad()
+    def class_accuracy(self, model: ConditionedModel, classes: Sequence[int]) -> float:
+        """The classifier's accuracy on samples of ``classes`` only (a cheap UA probe: ``1 -`` it)."""
+        images, cond = self.generate(model, classes=classes)
+        return float((self._logits(images).argmax(1) == cond).double().mean())
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.classifier.parameters()).device
+        return torch.cat([self.classifier(images[i:i + 500].to(device)).cpu() for i in range(0, len(images), 500)])
 
     @torch.no_grad()
     def kl_to_original(self, model: ConditionedModel, original: ConditionedModel, retain: Sequence[int]) -> float:
@@ -110,9 +141,9 @@ class ClassEvaluator:
         t = torch.randint(0, T, (len(idx),), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         x_t = self.scheduler.add_noise(x0, noise, t).to(device)
-        t, cond = t.to(device), cond.to(device)
-        eps = model.predict(x_t, t, cond).float()
-        eps_orig = original.predict(x_t, t, cond).float()
+        t = t.to(device)
+        eps = model.predict(x_t, t, self.condition_ids(model)[cond].to(device)).float()
+        eps_orig = original.predict(x_t, t, self.condition_ids(original)[cond].to(device)).float()
         w = (timestep_weights(self.scheduler, "kl") * T).to(device)[t] / len(idx)
         coeffs = torch.tensor([[1.0, -1.0]], device=device)
         loss, _ = fused_eps_loss(eps, [eps_orig], coeffs, w[:, None], reduction="sum")
@@ -124,8 +155,7 @@ class ClassEvaluator:
         forget = [int(f) for f in forget]
         images, cond = self.generate(model, progress)
         with torch.no_grad():
-            device = next(self.classifier.parameters()).device
-            logits = torch.cat([self.classifier(images[i:i + 500].to(device)).cpu() for i in range(0, len(images), 500)])
+            logits = self._logits(images)
         correct = (logits.argmax(1) == cond).double()
         per_class = [float(correct[cond == c].mean()) for c in range(self.num_classes)]
         retain = [c for c in range(self.num_classes) if c not in forget]
