@@ -197,16 +197,18 @@ def msq(r):
     return r.square().flatten(1).mean(1)
 
 
-@pytest.mark.parametrize("lam_unl, lam_pres, share, eta", [(1.0, 1.0, 0.0, 0.0), (5.0, 25.0, 0.0, 0.0),
-                                                           (2.0, 0.5, 0.5, 0.0), (1.0, 2.0, 0.5, 0.7)])
-def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, share, eta):
-    # forget 0 -> target 3, forget 1 -> target 2; replay 2, 3, 4
+@pytest.mark.parametrize("lam_unl, lam_pres, share, eta, remap", [
+    (1.0, 1.0, 0.0, 0.0, False), (5.0, 25.0, 0.0, 0.0, False), (2.0, 0.5, 0.5, 0.0, False),
+    (1.0, 2.0, 0.5, 0.7, False), (1.0, 2.0, 0.0, 0.0, True), (1.5, 0.5, 0.5, 0.7, True)])
+def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, share, eta, remap):
+    # forget 0 -> target 3, forget 1 -> target 2; replay 2, 3, 4; with remap, 4 was erased earlier (-> 2)
     conds = [0, 1, 0, 2, 3, 4, 3, 2, 3]
     roles = [FORGET] * 3 + [RETAIN] * 6
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.randn(len(conds), *SHAPE, generator=g, dtype=DT), torch.tensor(conds), torch.tensor(roles))
     method = LocalityAwareContinualUnlearning([0, 1], num_conditions=N_COND, targets=[3, 2], lam_unl=lam_unl,
-                                              lam_pres=lam_pres, target_share=share, eta=eta)
+                                              lam_pres=lam_pres, target_share=share, eta=eta,
+                                              remapped=[4] if remap else [], remapped_targets=[2] if remap else [])
     student, teacher = TinyModel(1), TinyModel(2, frozen=True)
     objective = UnlearningObjective(student, scheduler, method, teacher=teacher, weighting="simple")
     loss, _ = objective.loss(batch, torch.Generator().manual_seed(7))
@@ -220,6 +222,9 @@ def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, 
     for b, (c, r) in enumerate(zip(conds, roles)):
         if r == FORGET:
             mapped.append((b, c, target[c]))
+            continue
+        if remap and c == 4:  # an earlier erasure: its replay samples train the mapping to 2
+            mapped.append((b, 4, 2))
             continue
         if c in seen:  # a mapping target's replay sample: every 1/share-th one maps its source instead
             seen[c] += 1
@@ -243,7 +248,7 @@ def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, 
         torch.testing.assert_close(student.module.get_parameter(name).grad, p.grad, rtol=1e-5, atol=1e-9,
                                    msg=f"gradient of {name}")
     if share > 0:
-        assert len(mapped) == 3 + 2  # one of the three 3-samples and one of the two 2-samples
+        assert len(mapped) == 3 + 2 + remap  # one of the three 3-samples and one of the two 2-samples
 
 
 def test_lacu_is_registered_and_checks_its_arguments():
@@ -252,6 +257,12 @@ def test_lacu_is_registered_and_checks_its_arguments():
         LocalityAwareContinualUnlearning([0, 1], num_conditions=6, targets=[2])
     with pytest.raises(ValueError, match="itself being erased"):
         LocalityAwareContinualUnlearning([0, 1], num_conditions=6, targets=[1, 2])
+    with pytest.raises(ValueError, match="remapped_targets: expected one mapping target per remapped"):
+        LocalityAwareContinualUnlearning([0], num_conditions=6, targets=[2], remapped=[3, 4], remapped_targets=[2])
+    with pytest.raises(ValueError, match="was erased earlier"):
+        LocalityAwareContinualUnlearning([0], num_conditions=6, targets=[3], remapped=[3], remapped_targets=[2])
+    with pytest.raises(ValueError, match="also being erased now"):
+        LocalityAwareContinualUnlearning([0], num_conditions=6, targets=[2], remapped=[0], remapped_targets=[2])
     with pytest.raises(ConfigError, match="method_kwargs.lam_unl: expected float"):
         TrainConfig(method="lacu", forget=["3"], method_kwargs={"targets": [5], "lam_unl": "big"})
 
@@ -329,6 +340,9 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     lacu = on_disk["methods"]["lacu"]["steps"]
     assert lacu[0]["target"] not in (3,) and lacu[1]["target"] not in (3, 8)  # admissible targets only
     assert 3 in lacu[1]["replayed"] and 8 not in lacu[1]["replayed"]  # the erased class is replayed
+    expected_target = lacu[0]["target"] if lacu[0]["target"] != 8 else lacu[1]["remapped"]["3"]
+    assert lacu[1]["remapped"] == {"3": expected_target} and expected_target not in (3, 8)  # its mapping is retrained
+    assert lacu[1]["train"]["mnist_conditions"] == ["3"]  # the erased class replays its real images
     # step 2 started from step 1's model
     cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
     assert cfg["model_path"] == lacu[0]["model_dir"] and cfg["l2_anchor"] == settings.lacu.lam_reg
@@ -338,6 +352,27 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| lacu | 2 | 3,8 |" in table and "| naive | 1 | 3 |" in table
     assert markdown_table(report) in table
+
+
+def test_continual_on_the_text_model_erases_prompts(tmp_path):
+    from unlearn_fast.models_zoo import digit_prompt
+
+    settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive"], model="text", steps=2, batch_size=4,
+                                 out=str(tmp_path / "out"), pool_size=2, lacu=LacuSettings(draws=4, replay=2, pool_size=2),
+                                 eval=EvalSettings(per_class=2, steps=2, guidance=1.0, kl_draws=2))
+    report = run_continual(settings, log=lambda line: None)
+    assert report["settings"]["model_kind"] == "text"
+    lacu = report["methods"]["lacu"]["steps"]
+    train = lacu[1]["train"]
+    assert train["forget"] == [digit_prompt(8)]
+    assert digit_prompt(3) in train["retain"]  # the earlier erasure is replayed (as its prompt)
+    assert train["method_kwargs"]["targets"] == [digit_prompt(lacu[1]["target"])]
+    assert train["method_kwargs"]["remapped"] == [digit_prompt(3)]
+    naive = report["methods"]["naive"]["steps"][1]["train"]
+    assert naive["forget"] == [digit_prompt(8)] and len(naive["retain"]) == 9  # every other digit's prompt
+    assert all(isinstance(s["ua"], float) for s in lacu)
+    cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
+    assert cfg["model"] == "text" and cfg["model_path"] == lacu[0]["model_dir"]
 
 
 def test_cli_has_the_continual_command(capsys):

@@ -407,3 +407,27 @@ def test_text_esd_x_trains_only_cross_attention(text_dir, tmp_path):
     new = UNet2DConditionModel.from_pretrained(Path(result.final_dir) / "unet").state_dict()
     changed = {k for k in base if not torch.equal(base[k], new[k])}
     assert changed and all(".attn2." in k for k in changed)
+
+
+def test_pool_with_mnist_conditions_takes_real_images_for_those_classes(class_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from unlearn_fast.data import load_split
+    from unlearn_fast.trainer import _pool_source, load_model
+
+    config = tiny(class_dir, tmp_path / "run", data="pool", pool_size=3, pool_steps=2, mnist_conditions=["7"],
+                  max_steps=1)
+    result = train(config)
+    assert result.step == 1
+    pool = load_file(str(tmp_path / "run" / "pool.safetensors"))
+    assert sorted(pool["cond"].unique().tolist()) == [1, 3]  # 7 is not sampled from the teacher
+    adapter, scheduler, _ = load_model(config)
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    source = _pool_source(adapter, scheduler, config, [3], [1, 7], accelerator, tmp_path / "run", [7])
+    sevens = source.retain_x[source.retain_c == 7]
+    assert len(sevens) == 3 and (source.retain_c == 1).sum() == 3
+    real, labels = load_split("train", size=8)
+    real7 = real[labels == 7]
+    assert all(any(torch.equal(s, r) for r in real7) for s in sevens)  # real train images of class 7
+    with pytest.raises(ValueError, match=r"mnist_conditions: classes \[10\] have no images"):
+        _pool_source(adapter, scheduler, config, [3], [1, 10], accelerator, tmp_path / "run", [10])

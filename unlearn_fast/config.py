@@ -60,7 +60,8 @@ class TrainConfig:
         model: ``"class"`` (a class-conditional ``UNet2DModel`` folder, flat or with ``unet/`` and
             ``scheduler/``), ``"text"`` (a pipeline folder with ``unet/``, ``text_encoder/``,
             ``tokenizer/``, ``scheduler/``) or ``"auto"`` (text when the folder has ``text_encoder/``).
-        model_path: a diffusers folder; ``None`` is the embedded 16x16 MNIST class DDPM.
+        model_path: a diffusers folder; ``None`` is the embedded 16x16 MNIST model: the class DDPM,
+            or the text-conditioned DDPM with ``model = "text"``.
         null_class: the null class id of a class model (default: the last class).
         allow_pickle: also load pickle-based weights (``diffusion_pytorch_model.bin``,
             ``pytorch_model.bin``, ``.pt``/``.pth``/``.ckpt``) when a folder has no safetensors
@@ -70,6 +71,9 @@ class TrainConfig:
         data: ``"mnist"`` (the embedded MNIST train split), ``"pool"`` (samples of the frozen
             teacher, generated once with DDIM) or ``"auto"`` (mnist for class models, pool for text).
         pool_size, pool_steps, pool_guidance: teacher samples per condition, DDIM steps, CFG scale.
+        mnist_conditions: with ``data = "pool"`` on a class model, these classes take ``pool_size``
+            MNIST train images instead of pool samples (continual LACU gives the classes erased
+            earlier, so their mapping is retrained where their real images lie).
 
     Optimisation: max_steps (optimizer steps), batch_size (per process and micro-batch; with
         ``grad_accum`` > 1 the duals still step once per micro-batch, as the engine updates them
@@ -104,6 +108,7 @@ class TrainConfig:
     pool_size: int = 64
     pool_steps: int = 20
     pool_guidance: float = 1.5  # the embedded model degrades above ~1.5 (assets/README.md)
+    mnist_conditions: list[Condition] = field(default_factory=list)
 
     max_steps: int = 200
     batch_size: int = 32
@@ -189,8 +194,6 @@ class TrainConfig:
                 raise ConfigError(f"model_path: no such file or directory: {self.model_path!r}")
             if not os.path.isdir(self.model_path):
                 raise ConfigError(f"model_path: expected a diffusers folder, got a file: {self.model_path!r}")
-        elif self.model == "text":
-            raise ConfigError("model_path: model 'text' needs a pipeline folder (there is no embedded text model)")
 
     # --- conversions ---------------------------------------------------------------------
 

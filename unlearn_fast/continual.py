@@ -1,6 +1,7 @@
 """Continual unlearning: a sequence of requests, each applied to the previous step's model.
 
     unlearn-fast continual --sequence 3,8,5,1,9 --method lacu,naive --report out.json --out DIR
+    unlearn-fast continual --model text --sequence 3,8,5 --method lacu   # prompts of the text DDPM
 
 Request ``n`` starts from ``theta_{n-1}`` (the model the previous request produced; the
 original model for ``n = 1``) and uses its frozen copy as the teacher: each request is one
@@ -8,6 +9,11 @@ original model for ``n = 1``) and uses its frozen copy as the teacher: each requ
 every request the evaluator (``eval.metrics.ClassEvaluator``) scores the model on
 everything erased so far: UA (mean over the erased classes, and per class), retain
 accuracy, neighbour retention, Frechet distance and the KL to the original model.
+
+Requests name class labels (digits). On the class model a label is its class id; on the
+text model (``--model text``) it is the digit's canonical prompt (``models_zoo.digit_prompt``),
+the trainer is given prompts and trains on pools of the previous model's samples, and
+score distances and the evaluator map each label to the model's condition id.
 
 Methods (math.md section 8):
 
@@ -55,6 +61,7 @@ from .models import ConditionedModel
 from .ops import fused_eps_loss
 
 CONTINUAL_METHODS = ("lacu", "naive", "l2", "simultaneous")
+CONTINUAL_MODELS = ("class", "text")
 PLOT_METRICS = (("ua", "UA over erased classes (mean)"), ("ua_min", "UA, lowest erased class"),
                 ("retain_acc", "retain accuracy"),
                 ("neighbor_acc", "neighbour accuracy"), ("fid", "Frechet distance (features)"))
@@ -155,7 +162,19 @@ class ScoreDistance:
         return torch.stack([self.distances(a, conds) for a in conds])
 
 
-def select_target(distance: ScoreDistance, forget: int, candidates: Sequence[int], *, erased: Sequence[int] = (),
+class LabelDistance:
+    """Score distances between class labels, for a model whose condition id of label ``c`` is
+    ``ids[c]`` (a text model's prompt ids); what ``select_target``/``select_replay`` read."""
+
+    def __init__(self, distance: ScoreDistance, ids: Sequence[int]):
+        self.distance = distance
+        self.ids = [int(i) for i in ids]
+
+    def distances(self, a: int, candidates: Sequence[int]) -> torch.Tensor:
+        return self.distance.distances(self.ids[int(a)], [self.ids[int(c)] for c in candidates])
+
+
+def select_target(distance: ScoreDistance | LabelDistance, forget: int, candidates: Sequence[int], *, erased: Sequence[int] = (),
                   current: Sequence[int] = ()) -> tuple[int, dict[int, float]]:
     """Locality-aware target selection: the admissible candidate nearest ``forget``
     (admissible: not ``forget``, not erased by an earlier request, not erased by this one).
@@ -169,7 +188,7 @@ def select_target(distance: ScoreDistance, forget: int, candidates: Sequence[int
     return admissible[int(d.argmin())], {c: float(v) for c, v in zip(admissible, d)}
 
 
-def select_replay(distance: ScoreDistance, forget: Sequence[int], retained: Sequence[int], k: int) -> list[int]:
+def select_replay(distance: ScoreDistance | LabelDistance, forget: Sequence[int], retained: Sequence[int], k: int) -> list[int]:
     """Locality-aware replay: for each forgotten condition, the ``k`` retained conditions
     nearest it (in order of distance; the union over the forgotten conditions)."""
     retained = [int(c) for c in retained if int(c) not in {int(f) for f in forget}]
@@ -198,6 +217,12 @@ class LacuSettings:
     eta: float = 0.5  # push-away weight of the mapping target (methods.lacu; 0: the plain LACU term)
     replay: int = 5  # nearest retained conditions replayed per forgotten one
     replay_erased: bool = True  # also replay the conditions erased by earlier requests
+    # with replay_erased: their replay samples train their mapping again (methods.lacu ``remapped``)
+    # instead of distilling the previous model, so what is left of an erased concept is not kept
+    remap_erased: bool = True
+    # x0 of the erased conditions' replay on the class model: "mnist" (their real train images,
+    # where what is left of them lies) or "pool" (what the previous model now generates for them)
+    erased_data: str = "mnist"
     draws: int = 64  # shared (x_t, t) draws of the score distance
     draws_from: str = "forget"  # x0 of the draws: "forget" (images of the forgotten class) or "noise"
     lr: float | None = 2e-4  # None: ContinualSettings.lr
@@ -212,7 +237,8 @@ class LacuSettings:
 class ContinualSettings:
     sequence: list[int] = field(default_factory=lambda: [3, 8, 5, 1, 9])
     methods: list[str] = field(default_factory=lambda: ["lacu", "naive"])
-    model_path: str | None = None  # None: the embedded class DDPM
+    model: str = "class"  # "class" or "text" (the embedded models; requests are digits either way)
+    model_path: str | None = None  # None: the embedded model of that kind
     steps: int = 100  # optimizer steps per request
     batch_size: int = 32
     lr: float = 1e-4
@@ -223,6 +249,7 @@ class ContinualSettings:
     lacu: LacuSettings = field(default_factory=LacuSettings)
     l2_anchor: float | None = None  # the l2 baseline's lam (None: lacu.lam_reg)
     simultaneous_steps: int | None = None  # None: steps * len(sequence)
+    pool_size: int = 32  # text model, naive/l2/simultaneous: teacher samples per prompt (lacu: lacu.pool_size)
     threads: int | None = None
     progress: bool = False
 
@@ -234,8 +261,12 @@ class ContinualSettings:
             raise ValueError("sequence: expected at least one request")
         if len(set(self.sequence)) != len(self.sequence):
             raise ValueError(f"sequence: a condition is requested twice: {self.sequence}")
+        if self.model not in CONTINUAL_MODELS:
+            raise ValueError(f"model: expected one of {CONTINUAL_MODELS}, got {self.model!r}")
         if self.steps < 1:
             raise ValueError(f"steps: expected an int >= 1, got {self.steps}")
+        if self.lacu.erased_data not in ("mnist", "pool"):
+            raise ValueError(f"erased_data: expected 'mnist' or 'pool', got {self.lacu.erased_data!r}")
         if self.lacu.draws_from not in ("forget", "noise"):
             raise ValueError(f"draws_from: expected 'forget' or 'noise', got {self.lacu.draws_from!r}")
 
@@ -243,21 +274,31 @@ class ContinualSettings:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def _load_original(path: str | None) -> tuple[ConditionedModel, object]:
-    from .models import ClassConditionalUNet
-    from .models_zoo import load_class_ddpm
+def condition_names(model: str, num_classes: int = 10) -> list[str]:
+    """The trainer's name of each class label: the class id (``"3"``) or the digit's prompt."""
+    from .models_zoo import digit_prompt
 
-    unet, scheduler = load_class_ddpm(path)
+    return [digit_prompt(c) if model == "text" else str(c) for c in range(num_classes)]
+
+
+def _load_original(settings: ContinualSettings) -> tuple[ConditionedModel, object]:
+    from .models import ClassConditionalUNet
+    from .models_zoo import load_class_ddpm, load_text_ddpm
+
+    if settings.model == "text":
+        return load_text_ddpm(settings.model_path, prompts=condition_names("text"))
+    unet, scheduler = load_class_ddpm(settings.model_path)
     return ClassConditionalUNet(unet, null_class=unet.config.num_class_embeds - 1), scheduler
 
 
-def default_evaluator(scheduler, settings: EvalSettings, image_size: int = 16) -> ClassEvaluator:
-    """The shipped classifier on the held-out MNIST split."""
+def default_evaluator(scheduler, settings: EvalSettings, image_size: int = 16, model: str = "class") -> ClassEvaluator:
+    """The shipped classifier on the held-out MNIST split (prompts for the text model)."""
     from .data.mnist import load_split
     from .eval.classifier import load_classifier
 
     images, labels = load_split("heldout", size=image_size)
-    return ClassEvaluator(scheduler, load_classifier(), images, labels, settings)
+    return ClassEvaluator(scheduler, load_classifier(), images, labels, settings,
+                          prompts=condition_names("text") if model == "text" else None)
 
 
 def _scores(evaluator: ClassEvaluator, model, erased: list[int], original) -> dict:
@@ -276,6 +317,10 @@ def _scores(evaluator: ClassEvaluator, model, erased: list[int], original) -> di
     }
 
 
+#: method arguments that hold class labels (given to the trainer as condition names)
+_LABEL_ARGS = ("targets", "remapped", "remapped_targets")
+
+
 def _train_request(settings: ContinualSettings, method: str, model_path: str | None, forget: list[int],
                    out_dir: str, *, steps: int, retain: list[int] | None = None, method_kwargs: dict | None = None,
                    l2_anchor: float = 0.0, lr: float | None = None, seed: int = 0, overrides: dict | None = None):
@@ -283,13 +328,18 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
     from .demo import DEMO_METHOD_DEFAULTS
     from .trainer import train
 
+    names = condition_names(settings.model)
     extra = dict(DEMO_METHOD_DEFAULTS["ru"]) if method == "ru" else {}
+    if settings.model == "text":
+        extra["pool_size"] = settings.pool_size  # lacu's overrides replace it
     if method_kwargs is not None:
-        extra["method_kwargs"] = method_kwargs
+        extra["method_kwargs"] = {k: [names[c] for c in v] if k in _LABEL_ARGS else v for k, v in method_kwargs.items()}
     extra.update(overrides or {})
+    if retain is None and settings.model == "text":  # a prompt model has no implicit "every other class"
+        retain = [c for c in range(len(names)) if c not in forget]
     config = TrainConfig(
-        method=method, forget=[str(f) for f in forget], retain=[str(r) for r in (retain or [])],
-        model="class", model_path=model_path, max_steps=steps, batch_size=settings.batch_size,
+        method=method, forget=[names[f] for f in forget], retain=[names[r] for r in (retain or [])],
+        model=settings.model, model_path=model_path, max_steps=steps, batch_size=settings.batch_size,
         lr=lr or settings.lr, seed=seed, output_dir=out_dir, overwrite=True, checkpoint_every=0,
         log_every=steps, progress=settings.progress, l2_anchor=l2_anchor, **extra,
     )
@@ -300,7 +350,7 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
 
 def _train_summary(config) -> dict:
     keep = ("method", "method_kwargs", "forget", "retain", "max_steps", "batch_size", "lr", "seed", "l2_anchor",
-            "weighting", "source", "data", "pool_size", "pool_guidance")
+            "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions")
     return {k: v for k, v in config.to_dict().items() if k in keep}
 
 
@@ -327,10 +377,10 @@ def run_sequence(settings: ContinualSettings, method: str, evaluator: ClassEvalu
         return {"steps": steps_out, "seconds": round(time.perf_counter() - start, 1)}
 
     lacu = settings.lacu
-    num_conditions = len(original.conditions)
-    candidates = [c for c in range(num_conditions) if c != original.null_id]
+    candidates = list(range(evaluator.num_classes))  # class labels
     model, path = original, settings.model_path
     erased: list[int] = []
+    target_of: dict[int, int] = {}  # lacu: each erased condition's mapping target
     train_x = train_y = None
     for n, request in enumerate(seq, start=1):
         rec: dict = {"step": n, "request": request}
@@ -344,20 +394,30 @@ def run_sequence(settings: ContinualSettings, method: str, evaluator: ClassEvalu
                     size = int(model.module.config.sample_size)
                     train_x, train_y = load_split("train", size=size)
                 x0 = train_x[train_y == request]
-            distance = ScoreDistance(model, scheduler, draws=lacu.draws, x0=x0, seed=settings.seed + 7919 * n)
+            distance = LabelDistance(ScoreDistance(model, scheduler, draws=lacu.draws, x0=x0,
+                                                   seed=settings.seed + 7919 * n), evaluator.condition_ids(model))
             target, target_d = select_target(distance, request, candidates, erased=erased, current=[request])
             retained = [c for c in candidates if c not in erased and c != request]
             replay = select_replay(distance, [request], retained, lacu.replay)
             replay_all = replay + (list(erased) if lacu.replay_erased else [])
+            remapped = list(erased) if lacu.replay_erased and lacu.remap_erased else []
+            for e in remapped:  # an earlier target erased since (or now) gets the nearest admissible one
+                if target_of[e] in erased or target_of[e] == request:
+                    target_of[e] = select_target(distance, e, candidates, erased=erased, current=[request])[0]
+            target_of[request] = target
             select_seconds = time.perf_counter() - t0
             result, seconds, config = _train_request(
                 settings, "lacu", path, [request], out_dir, steps=settings.steps, retain=replay_all,
                 method_kwargs=dict(targets=[target], lam_unl=lacu.lam_unl, lam_pres=lacu.lam_pres,
-                                   target_share=lacu.target_share, eta=lacu.eta),
+                                   target_share=lacu.target_share, eta=lacu.eta, remapped=remapped,
+                                   remapped_targets=[target_of[e] for e in remapped]),
                 l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
-                overrides=dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance))
+                overrides=dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
+                               mnist_conditions=[str(e) for e in erased]
+                               if lacu.erased_data == "mnist" and settings.model == "class" else []))
             rec.update(target=target, target_distances={str(k): v for k, v in target_d.items()}, replay=replay,
-                       replayed=replay_all, select_seconds=round(select_seconds, 2))
+                       replayed=replay_all, remapped={str(e): target_of[e] for e in remapped},
+                       select_seconds=round(select_seconds, 2))
         else:
             anchor = 0.0
             if method == "l2":
@@ -410,9 +470,9 @@ def run_continual(settings: ContinualSettings, evaluator: ClassEvaluator | None 
     start = time.perf_counter()
     os.makedirs(settings.out, exist_ok=True)
     report_path = settings.report or os.path.join(settings.out, "report.json")
-    original, scheduler = _load_original(settings.model_path)
+    original, scheduler = _load_original(settings)
     if evaluator is None:
-        evaluator = default_evaluator(scheduler, settings.eval, int(original.module.config.sample_size))
+        evaluator = default_evaluator(scheduler, settings.eval, int(original.module.config.sample_size), settings.model)
     seq = [int(c) for c in settings.sequence]
     bad = [c for c in seq if not 0 <= c < evaluator.num_classes]
     if bad:
@@ -432,7 +492,11 @@ def run_continual(settings: ContinualSettings, evaluator: ClassEvaluator | None 
     report = {
         "sequence": seq,
         "settings": {
-            "model": settings.model_path or "embedded class-conditional DDPM, 16x16 MNIST (unlearn_fast/assets/class_ddpm)",
+            "model": settings.model_path or (
+                "embedded text-conditioned DDPM, 16x16 MNIST (unlearn_fast/assets/text_ddpm); labels are the prompts "
+                "of unlearn_fast.models_zoo.digit_prompt" if settings.model == "text" else
+                "embedded class-conditional DDPM, 16x16 MNIST (unlearn_fast/assets/class_ddpm)"),
+            "model_kind": settings.model,
             "eval": evaluator.settings_dict(),
             "steps_per_request": settings.steps, "batch_size": settings.batch_size, "lr": settings.lr,
             "seed": settings.seed, "lacu": asdict(settings.lacu),

@@ -102,6 +102,12 @@ def model_kind(config: TrainConfig) -> str:
     return "class"
 
 
+def _text_model_dir(config: TrainConfig) -> str:
+    from .models_zoo import TEXT_DDPM_DIR
+
+    return config.model_path or TEXT_DDPM_DIR  # None: the embedded text DDPM
+
+
 def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, object, str]:
     """``(adapter, scheduler, kind)`` for the config's model (before LoRA wrapping)."""
     kind = model_kind(config)
@@ -133,7 +139,7 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
         import transformers
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
-        path = config.model_path
+        path = _text_model_dir(config)
         for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise ValueError(f"model_path: a text model folder needs a {sub}/ subfolder, "
@@ -155,6 +161,8 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
         prompts = [str(p) for p in list(config.forget) + list(config.retain)]
         if config.anchor is not None:
             prompts.append(str(config.anchor))
+        for arg in getattr(METHODS.get(config.method), "condition_args", ()):  # e.g. LACU's mapping targets
+            prompts.extend(str(p) for p in config.method_kwargs.get(arg, ()))
         prompts = list(dict.fromkeys(prompts))
         adapter = TextConditionalUNet(unet, text_encoder, tokenizer, prompts)
     return adapter, scheduler, kind
@@ -181,13 +189,18 @@ def _is_peft(module) -> bool:
     return hasattr(module, "disable_adapter") and hasattr(module, "peft_config")
 
 
-def build_method(config: TrainConfig, available: dict) -> Method:
+def build_method(config: TrainConfig, available: dict, condition_ids=None) -> Method:
     """The method of ``config.method``: its constructor gets those of ``available`` (forget ids,
-    anchor id, num_conditions, num_forget_samples) it names, plus ``config.method_kwargs``."""
+    anchor id, num_conditions, num_forget_samples) it names, plus ``config.method_kwargs``,
+    whose condition lists (``Method.condition_args``) go through ``condition_ids(names)``."""
     cls = METHODS[config.method]
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in available.items() if k in params}
     kwargs.update(config.method_kwargs)
+    if condition_ids is not None:
+        for arg in cls.condition_args:
+            if arg in kwargs:
+                kwargs[arg] = condition_ids(kwargs[arg])
     return cls(**kwargs)
 
 
@@ -253,11 +266,13 @@ def _mnist_source(adapter, config, forget_ids, retain_ids) -> SampleSource:
     return SampleSource(x[f], y[f], x[r], y[r], batch_size=config.batch_size, forget_fraction=config.forget_fraction)
 
 
-def _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, output_dir: Path) -> SampleSource:
-    """Teacher samples per condition, generated once by the main process and stored."""
+def _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, output_dir: Path,
+                 real_ids=()) -> SampleSource:
+    """Teacher samples per condition, generated once by the main process and stored; the
+    conditions of ``real_ids`` (classes) take ``pool_size`` MNIST train images instead."""
     from .eval.sampling import sample
 
-    ids = list(forget_ids) + [i for i in retain_ids if i not in forget_ids]
+    ids = [i for i in list(forget_ids) + [i for i in retain_ids if i not in forget_ids] if i not in real_ids]
     key = json.dumps({"conditions": [teacher.conditions[i] for i in ids], "size": config.pool_size,
                       "steps": config.pool_steps, "guidance": config.pool_guidance, "seed": config.seed})
     path = output_dir / POOL_FILE
@@ -277,8 +292,20 @@ def _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator
         save_file({"x": x.contiguous(), "cond": conds.contiguous()}, str(tmp), metadata={"key": key})
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
-    pool = load_file(str(path))
+    pool = load_file(str(path)) if ids else {"x": torch.zeros(0), "cond": torch.zeros(0, dtype=torch.long)}
     x, c = pool["x"], pool["cond"]
+    if real_ids:
+        from .data import load_split
+
+        rx, ry = load_split("train", size=int(teacher.module.config.sample_size))
+        missing = [i for i in real_ids if not (ry == i).any()]
+        if missing:
+            raise ValueError(f"mnist_conditions: classes {missing} have no images in the embedded MNIST data (0-9)")
+        g = torch.Generator().manual_seed(_derive_seed(config.seed, 0, 4))
+        pick = torch.cat([(ry == i).nonzero().squeeze(1)[torch.randperm(int((ry == i).sum()), generator=g)]
+                          [:config.pool_size] for i in real_ids])
+        x = torch.cat([x, rx[pick].to(x.dtype)]) if len(x) else rx[pick]
+        c = torch.cat([c, ry[pick].to(c.dtype)])
     f = torch.isin(c, torch.tensor(forget_ids))
     r = torch.isin(c, torch.tensor(retain_ids, dtype=torch.long)) & ~f
     return SampleSource(x[f], c[f], x[r], c[r], batch_size=config.batch_size, forget_fraction=config.forget_fraction)
@@ -476,12 +503,16 @@ def _train(config: TrainConfig) -> TrainResult:
             raise ValueError("data: 'mnist' needs a class model; use data = 'pool' for a text model")
         source = _mnist_source(adapter, config, forget_ids, retain_ids)
     else:
-        source = _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, out)
+        real_ids = _condition_ids(adapter, config.mnist_conditions, kind) if config.mnist_conditions else []
+        if real_ids and kind != "class":
+            raise ValueError("mnist_conditions: MNIST images stand for classes of a class model, not prompts")
+        source = _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, out, real_ids)
     source.to(device)
 
     method = build_method(config, {"forget": forget_ids, "anchor": anchor_id,
                                    "num_conditions": len(adapter.conditions),
-                                   "num_forget_samples": source.num_forget})
+                                   "num_forget_samples": source.num_forget},
+                          condition_ids=lambda names: _condition_ids(adapter, names, kind))
     if which is None:
         which = method.default_train_params  # e.g. ESD-u / ESD-x
     params = trainable_parameters(adapter.module, which)
@@ -730,7 +761,8 @@ def _save_final(out: Path, module, lora: bool, scheduler, kind: str, config: Tra
     tmp = out / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     if kind == "text":
-        shutil.copytree(config.model_path, tmp, ignore=lambda d, names: ["unet"] if Path(d) == Path(config.model_path) else [])
+        src = _text_model_dir(config)
+        shutil.copytree(src, tmp, ignore=lambda d, names: ["unet"] if Path(d) == Path(src) else [])
         unet_dir = tmp / "unet"
     else:
         tmp.mkdir(parents=True)

@@ -65,6 +65,9 @@ class Method:
     default_source = "data"
     #: which parameters train by default (see models.trainable_parameters)
     default_train_params = "all"
+    #: constructor arguments that list conditions: the trainer turns the names given in
+    #: ``TrainConfig.method_kwargs`` (class names/ids or prompts) into the model's condition ids
+    condition_args: tuple[str, ...] = ()
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         raise NotImplementedError

@@ -32,13 +32,21 @@ Samples that are a blend of the two concepts are then pushed to the target's sid
 needs a second teacher slot (``eps_prev(x_t, p_f)``, read for mapping samples only);
 ``eta = 0`` is the plain LACU term with one slot.
 
+Keeping earlier erasures. A condition erased by an earlier request is replayed, and plain
+replay distils the previous model's prediction for it, including whatever of the erased
+concept is left (a few samples that still look like it), which later requests can
+amplify. With ``remapped`` (the earlier erased conditions) and ``remapped_targets`` (their
+mapping targets), replay samples of these conditions train the mapping term instead
+(toward ``eps_prev(x_t, p_map)``, with the same push-away), so each request re-asserts
+the earlier erasures on what the previous model generates for them.
+
 The third LACU term, ``lam_reg ||theta - theta_prev||^2``, acts on the parameters, not on
 noise predictions: it is the trainer's ``TrainConfig.l2_anchor``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
@@ -55,14 +63,30 @@ class LocalityAwareContinualUnlearning(Method):
         target_share: share of a mapping target's replay samples used for the mapping term
             (see the module docstring; 0: none).
         eta: push-away weight of the mapping target (see the module docstring; 0: plain LACU).
+        remapped: conditions erased by earlier requests whose replay samples train the mapping
+            term (see the module docstring); ``remapped_targets``: their mapping targets.
     """
 
     name = "lacu"
+    condition_args = ("targets", "remapped", "remapped_targets")
 
-    def __init__(self, forget: Sequence[int], *, num_conditions: int, targets: list[int],
-                 lam_unl: float = 1.0, lam_pres: float = 1.0, target_share: float = 0.0, eta: float = 0.0):
+    # targets/remapped/remapped_targets: condition ids; in TrainConfig.method_kwargs also
+    # condition names (class names or prompts), which the trainer resolves (condition_args)
+    def __init__(self, forget: Sequence[int], *, num_conditions: int, targets: list[Union[int, str]],
+                 lam_unl: float = 1.0, lam_pres: float = 1.0, target_share: float = 0.0, eta: float = 0.0,
+                 remapped: Sequence[Union[int, str]] = (), remapped_targets: Sequence[Union[int, str]] = ()):
         forget = [int(f) for f in forget]
         targets = [int(t) for t in targets]
+        remapped = [int(c) for c in remapped]
+        remapped_targets = [int(t) for t in remapped_targets]
+        if len(remapped_targets) != len(remapped):
+            raise ValueError(f"remapped_targets: expected one mapping target per remapped condition ({len(remapped)}), "
+                             f"got {len(remapped_targets)}")
+        if set(remapped) & set(forget):
+            raise ValueError(f"remapped: {sorted(set(remapped) & set(forget))} are also being erased now (forget)")
+        for t in targets + remapped_targets:
+            if t in remapped:
+                raise ValueError(f"targets: the mapping target {t} was erased earlier (remapped {remapped})")
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         if len(targets) != len(forget):
@@ -84,8 +108,13 @@ class LocalityAwareContinualUnlearning(Method):
         self.targets = targets
         self.lam_unl = float(lam_unl)
         self.lam_pres = float(lam_pres)
-        self.map_of = torch.full((num_conditions,), -1, dtype=torch.long)
-        self.map_of[torch.tensor(forget)] = torch.tensor(targets)
+        for t in remapped_targets:
+            if not 0 <= t < num_conditions or t in forget:
+                raise ValueError(f"remapped_targets: {t} is not an admissible condition id in [0, {num_conditions})")
+        self.remapped = remapped
+        self.remapped_targets = remapped_targets
+        self.map_of = torch.full((num_conditions,), -1, dtype=torch.long)  # forget or remapped -> its target
+        self.map_of[torch.tensor(forget + remapped)] = torch.tensor(targets + remapped_targets)
         self.target_share = float(target_share)
         self.source_of = torch.full((num_conditions,), -1, dtype=torch.long)  # target -> (first) forget condition
         for f, t in reversed(list(zip(forget, targets))):
@@ -95,9 +124,9 @@ class LocalityAwareContinualUnlearning(Method):
         forget = batch.role == FORGET
         target = self.map_of.to(batch.cond.device)[batch.cond]
         check_all(~(forget & (target < 0)), "batch: a forget sample's condition is not one of the method's forget conditions")
-        slot = torch.where(forget, target, batch.cond)
+        mapping = target >= 0  # forget samples, and replay samples of remapped conditions
+        slot = torch.where(mapping, target, batch.cond)
         student = batch.cond
-        mapping = forget
         if self.target_share > 0:
             source = self.source_of.to(batch.cond.device)[batch.cond]
             on_target = ~forget & (source >= 0)
@@ -106,7 +135,7 @@ class LocalityAwareContinualUnlearning(Method):
             take = torch.floor(rank * self.target_share) != torch.floor((rank - 1) * self.target_share)
             cross = on_target & take
             student = torch.where(cross, source, batch.cond)  # the forget condition, on the target's x_t
-            mapping = forget | cross
+            mapping = mapping | cross
         role = torch.where(mapping, torch.full_like(batch.role, FORGET), torch.full_like(batch.role, RETAIN))
         weights = per_role_mean(torch.where(mapping, self.lam_unl * w, self.lam_pres * w), role)
         if self.eta == 0:
@@ -119,4 +148,5 @@ class LocalityAwareContinualUnlearning(Method):
         return Recipe(student, torch.stack([slot, slot2], 1), coeffs, weights[:, None])
 
     def metrics(self) -> dict[str, float]:
-        return {f"lacu/target[{f}]": float(t) for f, t in zip(self.forget, self.targets)}
+        return {f"lacu/target[{f}]": float(t) for f, t in zip(self.forget + self.remapped,
+                                                                self.targets + self.remapped_targets)}
