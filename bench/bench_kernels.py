@@ -160,7 +160,7 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"\n### {rows[0]['kernel']} at {size} on {rows[0]['device']}\n")
         lines.append("| provider | forward ms | backward ms | full ms (p50) | vs eager | " +
                      " | ".join(f"vs {c}" for c in compiled) + " | GB/s | vs copy |")
-        lines.append("|" + "---|" * (6 + len(compiled)))
+        lines.append("|" + "---|" * (7 + len(compiled)))
         for provider in dict.fromkeys(k[0] for k in sel if k[0] != "copy"):
             full = float(sel[(provider, "full", "ms")]["p50"])
             gbps = float(sel[(provider, "full", "GB/s")]["p50"])
@@ -168,7 +168,7 @@ def summary(rows: list[dict]) -> str:
                      f"{full:.4g}", f"{eager / full:.2f}x"] + [f"{c / full:.2f}x" for c in compiled.values()]
             cells += [f"{gbps:.3g}", f"{copy / full:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"| copy of the same bytes | | | {copy:.4g} | {eager / copy:.1f}x | | | |")
+        lines.append(f"| copy of the same bytes | | | {copy:.4g} | {eager / copy:.1f}x | " + "| " * len(compiled) + "| |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,11 @@
 
 Runs each method of the engine with the same steps, batch, learning rate and seed (the
 per-method constants are the demo's, ``unlearn_fast.demo.DEMO_METHOD_DEFAULTS``), evaluates
-each result with the same evaluator settings, and writes a markdown table, a JSON file
-and a trade-off plot (UA against retain accuracy and against Frechet distance).
+each result with the same evaluator settings, and writes a markdown table, a JSON file,
+a trade-off plot (UA against retain accuracy and against Frechet distance) and a plot of
+UA against the step. Steps to reach the UA target: every method saves a checkpoint every
+``--probe-every`` steps; each checkpoint's UA is probed on samples of the forgotten
+digit(s) only (``ClassEvaluator.class_accuracy``, the evaluator's seed and sampler).
 
     python bench/quality.py --forget 3 --out bench/results/quality
 """
@@ -11,13 +14,14 @@ and a trade-off plot (UA against retain accuracy and against Frechet distance).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-import json
 import os
 import sys
 import time
 
 import torch
+from safetensors.torch import load_file
 
 from unlearn_fast.config import TrainConfig
 from unlearn_fast.data.mnist import load_split
@@ -27,9 +31,47 @@ from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
 from unlearn_fast.eval.report import public, write_json
 from unlearn_fast.models import ClassConditionalUNet
 from unlearn_fast.models_zoo import CLASS_DDPM_NULL_CLASS, load_class_ddpm
-from unlearn_fast.trainer import train
+from unlearn_fast.trainer import list_checkpoints, train
 
 CONSTRAINED = {"ru", "fu", "lu"}
+UA_TARGET = 0.99
+
+
+def ua_trace(evaluator: ClassEvaluator, original, result, forget: list[int]) -> list[tuple[int, float]]:
+    """``(step, UA)`` at step 0 and at each checkpoint of the run (forgotten digits only)."""
+    model = copy.deepcopy(result.model)
+    trace = [(0, 1 - evaluator.class_accuracy(original, forget))]
+    for step, path in list_checkpoints(result.output_dir):
+        model.module.load_state_dict(load_file(str(path / "model.safetensors")))
+        trace.append((step, 1 - evaluator.class_accuracy(model, forget)))
+    return trace
+
+
+def steps_to_target(trace: list[tuple[int, float]], target: float = UA_TARGET) -> int | None:
+    """The first probed step from which UA stays at or above ``target`` (None: never)."""
+    for i, (step, _) in enumerate(trace):
+        if all(ua >= target for _, ua in trace[i:]):
+            return step
+    return None
+
+
+def plot_trace(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        steps, uas = zip(*r["ua_trace"])
+        ax.plot(steps, uas, "o-" if r["method"] in CONSTRAINED else "s--", ms=3, label=r["method"])
+    ax.axhline(UA_TARGET, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("UA (forgotten digit samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(rows: list[dict], before: dict, path: str) -> None:
@@ -61,11 +103,14 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--out", default="bench/results/quality")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's)")
+    parser.add_argument("--probe-every", type=int, default=10, help="steps between UA probes (checkpoints)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     demo = DemoSettings()
+    steps = args.steps or demo.steps
     unet, scheduler = load_class_ddpm()
     original = ClassConditionalUNet(unet, null_class=CLASS_DDPM_NULL_CLASS)
     images, labels = load_split("heldout")
@@ -75,32 +120,43 @@ def main(argv=None) -> int:
     rows = []
     for method in args.methods:
         start = time.perf_counter()
-        config = TrainConfig(method=method, forget=[str(f) for f in args.forget], max_steps=demo.steps,
+        config = TrainConfig(method=method, forget=[str(f) for f in args.forget], max_steps=steps,
                              batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
-                             output_dir=os.path.join(args.out, "runs", method), overwrite=True,
+                             output_dir=os.path.join("runs", "quality", method), overwrite=True,
+                             checkpoint_every=args.probe_every, keep_checkpoints=0, log_every=steps,
                              **DEMO_METHOD_DEFAULTS[method])
         result = train(config)
         seconds = time.perf_counter() - start
         after = public(evaluator.evaluate(result.model, args.forget, original=original))
+        trace = ua_trace(evaluator, original, result, args.forget)
         rows.append({"method": method, **{k: after[k] for k in ("ua", "retain_acc", "neighbor_acc", "fid",
-                                                                 "kl_to_original")}, "seconds": round(seconds, 1)})
-        print(rows[-1], flush=True)
-    lines = [f"Forgotten digit(s): {args.forget}; {demo.steps} steps, batch {demo.batch_size}, lr {demo.lr}, "
+                                                                 "kl_to_original")}, "seconds": round(seconds, 1),
+                     "steps_to_ua_target": steps_to_target(trace), "ua_trace": trace})
+        print({k: v for k, v in rows[-1].items() if k != "ua_trace"}, flush=True)
+    lines = [f"Forgotten digit(s): {args.forget}; {steps} steps, batch {demo.batch_size}, lr {demo.lr}, "
              f"seed {demo.seed}; evaluation: {settings.per_class} samples per digit, DDIM {settings.steps} steps, "
-             f"guidance {settings.guidance}, seed {settings.seed}. Method constants: unlearn_fast/demo.py.", "",
-             "| method | UA | retain acc | neighbour acc | Frechet distance | KL to original (nats) | train s |",
-             "|---|---|---|---|---|---|---|",
+             f"guidance {settings.guidance}, seed {settings.seed}. Method constants: unlearn_fast/demo.py. "
+             f"Steps to UA >= {UA_TARGET}: the first checkpoint (every {args.probe_every} steps) from which the UA "
+             f"probe stays at or above it; '-' = not within {steps} steps. Train seconds include the checkpoints "
+             f"(torch threads: {torch.get_num_threads()}).", "",
+             "| method | UA | retain acc | neighbour acc | Frechet distance | KL to original (nats) | steps to UA target "
+             "| train s |",
+             "|---|---|---|---|---|---|---|---|",
              f"| original | {before['ua']:.3f} | {before['retain_acc']:.3f} | {before['neighbor_acc']:.3f} | "
-             f"{before['fid']:.2f} | 0 | |"]
+             f"{before['fid']:.2f} | 0 | | |"]
     for r in rows:
+        reached = r["steps_to_ua_target"]
         lines.append(f"| {r['method']} | {r['ua']:.3f} | {r['retain_acc']:.3f} | {r['neighbor_acc']:.3f} | "
-                     f"{r['fid']:.2f} | {r['kl_to_original']:.1f} | {r['seconds']} |")
+                     f"{r['fid']:.2f} | {r['kl_to_original']:.1f} | {'-' if reached is None else reached} | "
+                     f"{r['seconds']} |")
     table = "\n".join(lines)
     stamp = datetime.date.today().isoformat()
     with open(os.path.join(args.out, "quality.md"), "w") as f:
         f.write(f"# Method comparison, {stamp}\n\n```\npython {' '.join(sys.argv)}\n```\n\n{table}\n")
-    write_json(os.path.join(args.out, "quality.json"), {"before": before, "methods": rows, "date": stamp})
+    write_json(os.path.join(args.out, "quality.json"), {"before": before, "methods": rows, "date": stamp,
+                                                        "eval": evaluator.settings_dict(), "steps": steps})
     plot(rows, before, os.path.join(args.out, "tradeoff.png"))
+    plot_trace(rows, os.path.join(args.out, "ua_vs_steps.png"))
     print(table)
     return 0
 
