@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import sys
@@ -37,30 +36,7 @@ sys.path.insert(0, ROOT)
 
 from unlearn_fast.data import IMAGE_SIZE, NULL_CLASS, load_split  # noqa: E402
 from unlearn_fast.models_zoo import build_class_scheduler_config, build_class_unet_config  # noqa: E402
-
-
-def lr_at(step, total, base, warmup, schedule, min_ratio=0.1):
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "constant":
-        return base
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def ema_update(ema, model, decay):
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
+from _training import atomic_save, ema_update, lr_at  # noqa: E402  (scripts/_training.py)
 
 
 def export(ema, scheduler, out_dir, info):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import sys
@@ -50,6 +49,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _training import atomic_save, ema_update, lr_at  # noqa: E402  (scripts/_training.py)
 from unlearn_fast.data import IMAGE_SIZE, NUM_CLASSES, load_split  # noqa: E402
 from unlearn_fast.models_zoo import (  # noqa: E402
     DIGIT_PROMPT_TEMPLATES,
@@ -74,35 +74,6 @@ class TextDDPM(nn.Module):
     def forward(self, x_t, t, input_ids, prompt_ids):
         emb = self.text_encoder(input_ids)[0]  # [P, L, E]: every prompt once
         return self.unet(x_t, t, encoder_hidden_states=emb[prompt_ids]).sample
-
-
-def lr_at(step, total, base, warmup, schedule, min_ratio=0.1, time_progress=None):
-    """Linear warmup, then constant or cosine (to ``min_ratio * base``). The cosine's progress
-    is the step fraction, or ``time_progress`` (fraction of the --max-minutes budget, see
-    main) when that is further along, so a run cut by its time budget still anneals."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "constant":
-        return base
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    if time_progress is not None:
-        p = max(p, min(1.0, time_progress))
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def ema_update(ema, model, decay):
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
 
 
 def export(ema: TextDDPM, tokenizer, scheduler, out_dir, info):

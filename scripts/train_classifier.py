@@ -26,6 +26,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _training import atomic_save, lr_at  # noqa: E402  (scripts/_training.py)
 from unlearn_fast.data import IMAGE_SIZE, load_digits  # noqa: E402
 from unlearn_fast.eval.classifier import DigitClassifier  # noqa: E402
 
@@ -52,22 +53,6 @@ def evaluate(model, x, y, bs=500):
     acc = (pred == y).float().mean().item()
     per = [(pred[y == c] == c).float().mean().item() for c in range(int(y.max()) + 1)]
     return acc, per
-
-
-def lr_at(step, total, base, warmup, schedule):
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "constant":
-        return base
-    p = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
-
-def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def main():
@@ -125,7 +110,7 @@ def main():
         idx = perm[pos : pos + args.batch]
         pos += args.batch
         x = augment(xtr[idx], gen, args.max_rot, args.max_shift, args.max_scale)
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule)
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, min_ratio=0.0)
         for g in opt.param_groups:
             g["lr"] = lr
         loss = F.cross_entropy(model(x), ytr[idx], label_smoothing=0.05)

@@ -12,3 +12,28 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the subprocesses: bit-identity across processes needs the
+    same thread count, and the machine running the tests may be busy."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def class_dir(tmp_path_factory) -> str:
+    """A tiny class-conditional UNet2DModel folder (safetensors, 11 classes, 10 = null) with its scheduler."""
+    from diffusers import DDPMScheduler
+    from helpers import T, tiny_class_unet
+
+    path = tmp_path_factory.mktemp("tiny_class")
+    tiny_class_unet().save_pretrained(path)
+    DDPMScheduler(num_train_timesteps=T).save_pretrained(path)
+    return str(path)

@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from unlearn_fast.cli import SUBCOMMANDS, main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig
@@ -20,38 +19,13 @@ from unlearn_fast.continual import (
 from unlearn_fast.engine import UnlearningObjective
 from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
 from unlearn_fast.methods import FORGET, METHODS, RETAIN, Batch, LocalityAwareContinualUnlearning
-from unlearn_fast.models import ClassConditionalUNet, ConditionedModel
+from unlearn_fast.models import ClassConditionalUNet
 from unlearn_fast.trainer import l2_anchor_penalty, train
 
-T = 1000
+from helpers import DT, N_COND, SHAPE, T, TinyModel, tiny_class_unet as tiny_unet  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def tiny_unet(seed: int = 0):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=11)
-
-
-@pytest.fixture(scope="module")
-def class_dir(tmp_path_factory) -> str:
-    """A tiny class-conditional UNet2DModel (11 classes, 10 = null) with its scheduler."""
-    from diffusers import DDPMScheduler
-
-    path = tmp_path_factory.mktemp("tiny_class")
-    tiny_unet().save_pretrained(path)
-    DDPMScheduler(num_train_timesteps=T).save_pretrained(path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -159,31 +133,6 @@ def test_replay_picks_the_nearest_retained():
 
 
 # --- the LACU recipe -------------------------------------------------------------------------------
-
-SHAPE = (2, 3, 3)
-N_COND = 6
-DT = torch.float64
-
-
-class TinyModel(ConditionedModel):
-    """eps(x, t, c) = a_c * x + b_c + s_c * tanh(x) * t / T."""
-
-    def __init__(self, seed: int, frozen: bool = False):
-        g = torch.Generator().manual_seed(seed)
-        self.module = nn.Module()
-        self.module.a = nn.Parameter(1 + 0.3 * torch.randn(N_COND, generator=g, dtype=DT))
-        self.module.b = nn.Parameter(torch.randn(N_COND, *SHAPE, generator=g, dtype=DT))
-        self.module.s = nn.Parameter(torch.randn(N_COND, generator=g, dtype=DT))
-        self.module.requires_grad_(not frozen)
-        self.conditions = [str(i) for i in range(N_COND)]
-        self.null_id = N_COND - 1
-
-    def predict(self, x_t, t, cond_ids):
-        m = self.module
-        view = (-1,) + (1,) * len(SHAPE)
-        c = cond_ids
-        return m.a[c].view(view) * x_t + m.b[c] + m.s[c].view(view) * torch.tanh(x_t) * (t.to(DT) / T).view(view)
-
 
 def draw(batch, scheduler, seed):
     g = torch.Generator().manual_seed(seed)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from unlearn_fast.duals import DualVariables
 from unlearn_fast.engine import UnlearningObjective
@@ -19,37 +18,8 @@ from unlearn_fast.methods import (
     ESD, FORGET, METHODS, RETAIN, Batch, ConceptAblation, Finetune, ForwardKLUnlearning, LikelihoodUnlearning, NegGrad,
     ReverseKLUnlearning,
 )
-from unlearn_fast.models import ConditionedModel
 
-SHAPE = (2, 3, 3)
-N_COND = 6  # 0, 1, 2: concepts; 3, 4: other conditions; 5: null / anchor
-NULL = 5
-T = 1000
-DT = torch.float64
-
-
-class TinyModel(ConditionedModel):
-    """eps(x, t, c) = a_c * x + b_c + s_c * tanh(x) * t / T: differentiable in every parameter."""
-
-    def __init__(self, seed: int, frozen: bool = False):
-        g = torch.Generator().manual_seed(seed)
-        self.module = nn.Module()
-        self.module.a = nn.Parameter(1 + 0.3 * torch.randn(N_COND, generator=g, dtype=DT))
-        self.module.b = nn.Parameter(torch.randn(N_COND, *SHAPE, generator=g, dtype=DT))
-        self.module.s = nn.Parameter(torch.randn(N_COND, generator=g, dtype=DT))
-        self.module.requires_grad_(not frozen)
-        self.conditions = [str(i) for i in range(N_COND)]
-        self.null_id = NULL
-        self.seen = []
-
-    def predict(self, x_t, t, cond_ids):
-        self.seen.append((x_t.detach().clone(), t.clone(), cond_ids.clone()))
-        return self.eps(x_t, t, cond_ids)
-
-    def eps(self, x_t, t, c):
-        m = self.module
-        view = (-1,) + (1,) * len(SHAPE)
-        return (m.a[c].view(view) * x_t + m.b[c] + m.s[c].view(view) * torch.tanh(x_t) * (t.to(DT) / T).view(view))
+from helpers import DT, N_COND, NULL, SHAPE, T, TinyModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

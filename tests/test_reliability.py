@@ -27,37 +27,13 @@ from unlearn_fast import fused_eps_loss
 from unlearn_fast.config import TrainConfig
 from unlearn_fast.trainer import list_checkpoints, load_model, train
 
+from helpers import tiny_class_unet  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CPU_KERNEL = "cpu" in uf.backends()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _tiny_unet():
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=4,
-                       num_class_embeds=11)
-
-
-@pytest.fixture(scope="module")
-def class_dir(tmp_path_factory) -> str:
-    """A tiny class-conditional UNet2DModel in safetensors, with its scheduler."""
-    from diffusers import DDPMScheduler
-
-    path = tmp_path_factory.mktemp("tiny_class")
-    _tiny_unet().save_pretrained(path)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +42,10 @@ def pickle_dirs(tmp_path_factory) -> dict:
     from diffusers import DDPMScheduler
 
     flat = tmp_path_factory.mktemp("pickle_flat")
-    _tiny_unet().save_pretrained(flat, safe_serialization=False)
+    tiny_class_unet().save_pretrained(flat, safe_serialization=False)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(flat)
     pipe = tmp_path_factory.mktemp("pickle_pipeline")
-    _tiny_unet().save_pretrained(pipe / "unet", safe_serialization=False)
+    tiny_class_unet().save_pretrained(pipe / "unet", safe_serialization=False)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(pipe / "scheduler")
     for folder in (flat, pipe / "unet"):
         names = sorted(p.name for p in Path(folder).iterdir())
@@ -143,7 +119,7 @@ def test_pickle_only_model_loads_with_opt_in(pickle_dirs, layout):
     path, _ = pickle_dirs[layout]
     adapter, _, kind = load_model(tiny(path, "unused", allow_pickle=True))
     assert kind == "class"
-    expected = _tiny_unet().state_dict()
+    expected = tiny_class_unet().state_dict()
     assert_same_weights({k: v for k, v in adapter.module.state_dict().items()}, expected)
 
 
@@ -155,14 +131,14 @@ def test_load_class_ddpm_refuses_pickle_unless_allowed(pickle_dirs):
                                                  r"file .*allow_pickle=True"):
         load_class_ddpm(path)
     unet, _ = load_class_ddpm(path, allow_pickle=True)
-    assert_same_weights(unet.state_dict(), _tiny_unet().state_dict())
+    assert_same_weights(unet.state_dict(), tiny_class_unet().state_dict())
 
 
 def test_safetensors_preferred_when_both_are_present(tmp_path):
     """A folder with both formats loads the safetensors weights (no opt-in needed)."""
     from unlearn_fast.models_zoo import load_class_ddpm, weights_use_safetensors
 
-    unet = _tiny_unet()
+    unet = tiny_class_unet()
     unet.save_pretrained(tmp_path)
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not even a pickle")
     assert weights_use_safetensors(str(tmp_path)) is True

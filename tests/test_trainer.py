@@ -30,21 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def class_dir(tmp_path_factory) -> str:
-    """A tiny class-conditional UNet2DModel (11 classes, 10 = null) with its scheduler."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    path = tmp_path_factory.mktemp("tiny_class")
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=11)
-    unet.save_pretrained(path)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def text_dir(tmp_path_factory) -> str:
     """A tiny text-to-image folder: UNet2DConditionModel, CLIP text encoder, an in-memory
     byte-level BPE tokenizer, a DDPM scheduler (no download anywhere)."""
@@ -86,14 +71,7 @@ def tiny(class_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as in the subprocesses: bit-identity across processes needs the
-    same thread count, and the machine running the tests may be busy."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subprocess_env() -> dict:

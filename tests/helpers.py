@@ -1,0 +1,49 @@
+"""Small models shared by the tests (importable from every test module: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unlearn_fast.models import ConditionedModel
+
+T = 1000  # timesteps of the test schedulers
+SHAPE = (2, 3, 3)  # sample shape of TinyModel
+N_COND = 6  # TinyModel conditions: 0, 1, 2 concepts; 3, 4 other conditions; 5 null / anchor
+NULL = 5
+DT = torch.float64
+
+
+class TinyModel(ConditionedModel):
+    """eps(x, t, c) = a_c * x + b_c + s_c * tanh(x) * t / T: differentiable in every parameter;
+    records the inputs of every ``predict`` call in ``seen``."""
+
+    def __init__(self, seed: int, frozen: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        self.module = nn.Module()
+        self.module.a = nn.Parameter(1 + 0.3 * torch.randn(N_COND, generator=g, dtype=DT))
+        self.module.b = nn.Parameter(torch.randn(N_COND, *SHAPE, generator=g, dtype=DT))
+        self.module.s = nn.Parameter(torch.randn(N_COND, generator=g, dtype=DT))
+        self.module.requires_grad_(not frozen)
+        self.conditions = [str(i) for i in range(N_COND)]
+        self.null_id = NULL
+        self.seen = []
+
+    def predict(self, x_t, t, cond_ids):
+        self.seen.append((x_t.detach().clone(), t.clone(), cond_ids.clone()))
+        return self.eps(x_t, t, cond_ids)
+
+    def eps(self, x_t, t, c):
+        m = self.module
+        view = (-1,) + (1,) * len(SHAPE)
+        return (m.a[c].view(view) * x_t + m.b[c] + m.s[c].view(view) * torch.tanh(x_t) * (t.to(DT) / T).view(view))
+
+
+def tiny_class_unet(seed: int = 0):
+    """A tiny class-conditional UNet2DModel at 8x8 (11 classes, 10 = null)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=11)
