@@ -107,6 +107,11 @@ def test_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, model):
         assert on_disk["settings"]["train"]["forget"] == [digit_prompt(1)]
         assert on_disk["settings"]["prompts"][1] == digit_prompt(1)
         assert os.path.isdir(os.path.join(report["model_dir"], "text_encoder"))
+        assert digit_prompt(1, 2) in on_disk["paraphrases"]  # "digit 1": UA on the untrained paraphrases
+        assert len(on_disk["paraphrases"]) == 7
+        assert all(0 <= v["ua_after"] <= 1 for v in on_disk["paraphrases"].values())
+    else:
+        assert on_disk["paraphrases"] is None
 
 
 @pytest.mark.parametrize("argv, message", [

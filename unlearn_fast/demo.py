@@ -30,7 +30,9 @@ from .eval.classifier import load_classifier
 from .eval.metrics import ClassEvaluator, EvalSettings
 from .eval.report import public, save_grid, table, write_json
 from .models import ClassConditionalUNet
-from .models_zoo import CLASS_DDPM_NULL_CLASS, TEXT_DDPM_DIR, digit_prompt, load_class_ddpm, load_text_ddpm
+from .models_zoo import (
+    CLASS_DDPM_NULL_CLASS, DIGIT_PROMPT_TEMPLATES, TEXT_DDPM_DIR, digit_prompt, load_class_ddpm, load_text_ddpm,
+)
 from .trainer import train
 
 DEMO_MODELS = ("class", "text")
@@ -66,6 +68,19 @@ class DemoSettings:
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=50))
     pool_size: int = 32  # --model text: teacher samples per prompt in the training pool
     threads: int | None = None
+
+
+def _paraphrase_ua(evaluator: ClassEvaluator, original, model, forget: list[int]) -> dict:
+    """UA before/after on the other training prompts of each forgotten digit (the demo erases
+    only the canonical one): how far the erasure generalises to paraphrases."""
+    out = {}
+    for f in forget:
+        for template in range(1, len(DIGIT_PROMPT_TEMPLATES)):
+            prompts = list(evaluator.prompts)
+            prompts[f] = digit_prompt(f, template)
+            out[prompts[f]] = {"ua_before": 1 - evaluator.class_accuracy(original, [f], prompts),
+                               "ua_after": 1 - evaluator.class_accuracy(model, [f], prompts)}
+    return out
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -116,6 +131,7 @@ def run_demo(settings: DemoSettings) -> dict:
     with tqdm(total=n_steps, desc="evaluate after", unit="step") as bar:
         after = evaluator.evaluate(result.model, settings.forget, original=original, progress=bar)
 
+    paraphrases = _paraphrase_ua(evaluator, original, result.model, settings.forget) if text else None
     save_grid(os.path.join(settings.out, "grid.png"), before["samples"], after["samples"],
               torch.arange(10).repeat_interleave(s.per_class))
     report = {
@@ -124,6 +140,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "model": settings.model,
         "before": public(before),
         "after": public(after),
+        "paraphrases": paraphrases,
         "steps": settings.steps,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
@@ -146,5 +163,9 @@ def run_demo(settings: DemoSettings) -> dict:
     print(f"\nunlearned {what} with {settings.method} in {settings.steps} steps "
           f"({train_seconds:.0f} s training, {report['seconds']:.0f} s in all)\n")
     print(table(before, after))
+    if paraphrases:
+        print("\nUA on the paraphrases of the erased prompt (not trained on):")
+        for prompt, v in paraphrases.items():
+            print(f"  {prompt!r}: {v['ua_before']:.2f} -> {v['ua_after']:.2f}")
     print(f"\nreport: {report_path}\ngrid:   {report['grid']}\nmodel:  {result.final_dir}")
     return report

@@ -101,28 +101,31 @@ class ClassEvaluator:
             out.extend(c for c in near if c not in out)
         return out
 
-    def condition_ids(self, model: ConditionedModel) -> torch.Tensor:
-        """The model's condition id of each class, ``[num_classes]``."""
-        if self.prompts is None:
+    def condition_ids(self, model: ConditionedModel, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        """The model's condition id of each class, ``[num_classes]`` (``prompts``: other prompts
+        for the classes than the evaluator's, e.g. paraphrases)."""
+        prompts = prompts if prompts is not None else self.prompts
+        if prompts is None:
             return torch.arange(self.num_classes)
         if not hasattr(model, "add_prompts"):
             raise TypeError("model: the evaluator has prompts but the model takes no prompts (not a text model)")
-        return torch.tensor(model.add_prompts(self.prompts))
+        return torch.tensor(model.add_prompts(list(prompts)))
 
-    def generate(self, model: ConditionedModel, progress=None,
-                 classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, model: ConditionedModel, progress=None, classes: Sequence[int] | None = None,
+                 prompts: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``per_class`` samples of each of ``classes`` (default: all) and their class labels."""
         s = self.settings
         classes = torch.arange(self.num_classes) if classes is None else torch.tensor(list(classes))
         cond = classes.repeat_interleave(s.per_class)
         g = torch.Generator().manual_seed(s.seed)
-        return sample(model, self.scheduler, self.condition_ids(model)[cond], steps=s.steps, guidance=s.guidance,
-                      generator=g, progress=progress), cond
+        return sample(model, self.scheduler, self.condition_ids(model, prompts)[cond], steps=s.steps,
+                      guidance=s.guidance, generator=g, progress=progress), cond
 
     @torch.no_grad()
-    def class_accuracy(self, model: ConditionedModel, classes: Sequence[int]) -> float:
+    def class_accuracy(self, model: ConditionedModel, classes: Sequence[int],
+                       prompts: Sequence[str] | None = None) -> float:
         """The classifier's accuracy on samples of ``classes`` only (a cheap UA probe: ``1 -`` it)."""
-        images, cond = self.generate(model, classes=classes)
+        images, cond = self.generate(model, classes=classes, prompts=prompts)
         return float((self._logits(images).argmax(1) == cond).double().mean())
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
