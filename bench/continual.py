@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from unlearn_fast.continual import (  # noqa: E402
-    CONTINUAL_METHODS, ContinualSettings, LacuSettings, load_report, markdown_table, run_continual, write_report,
+    CONTINUAL_METHODS, ContinualSettings, LacuSettings, acceptance, load_report, markdown_table, run_continual,
+    write_report,
 )
 from unlearn_fast.eval.metrics import EvalSettings  # noqa: E402
 
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
                     report["settings"]["l2_anchor"] = old["settings"]["l2_anchor"]
         report["settings"]["merged"] = {"report": os.path.relpath(args.merge, ROOT),
                                         "command": old.get("command"), "settings": old["settings"]}
+        report["methods"] = dict(sorted(report["methods"].items(), key=lambda kv: CONTINUAL_METHODS.index(kv[0])))
+        report["acceptance"] = acceptance(report)
     write_report(report, os.path.join(args.results, "report.json"), args.results)
     print()
     print(markdown_table(report))

@@ -53,8 +53,9 @@ def markdown(rows: list[dict], args, settings: dict) -> str:
         f"# Demo acceptance per digit ({args.model} model), {datetime.date.today().isoformat()}", "",
         f"Command: `python bench/demo_acceptance.py {' '.join(sys.argv[1:])}` on {platform.node() or 'this machine'}"
         f" ({os.cpu_count()} cores, {settings['threads']} torch threads, no GPU).", "",
-        f"Each row is one `unlearn-fast demo --model {args.model} --forget D` run at the demo's defaults: RU, "
-        f"{settings['train']['max_steps']} steps, batch {settings['train']['batch_size']}, lr {settings['train']['lr']}; "
+        f"Each row is one `unlearn-fast demo --model {args.model} --forget D` run at the demo's defaults: RU "
+        f"{settings['train']['method_kwargs']}, {settings['train']['max_steps']} steps, batch "
+        f"{settings['train']['batch_size']}, lr {settings['train']['lr']}; "
         f"evaluation {ev['per_class']} samples per digit, DDIM {ev['steps']} steps, guidance {ev['guidance']}, "
         f"seed {ev['seed']}. Acceptance: UA >= {UA_MIN}, retain drop <= {RETAIN_DROP_MAX:.2f}, "
         f"Frechet ratio <= {FID_RATIO_MAX}.", "",
