@@ -327,6 +327,13 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
     assert cfg["model"] == "text" and cfg["model_path"] == lacu[0]["model_dir"]
 
 
+def test_continual_settings_check_model_and_erased_data():
+    with pytest.raises(ValueError, match=r"model: expected one of \('class', 'text'\), got 'video'"):
+        ContinualSettings(model="video")
+    with pytest.raises(ValueError, match="erased_data: expected 'mnist' or 'pool'"):
+        ContinualSettings(lacu=LacuSettings(erased_data="real"))
+
+
 def test_cli_has_the_continual_command(capsys):
     assert "continual" in SUBCOMMANDS
     with pytest.raises(SystemExit) as err:
