@@ -102,11 +102,10 @@ def check_all(condition: torch.Tensor, message: str) -> None:
         torch._assert_async(condition.all(), message)
 
 
-def per_role_mean(weights_per_sample: torch.Tensor, role: torch.Tensor, num_roles: int = 2) -> torch.Tensor:
+def per_role_mean(weights_per_sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
     """Divide each sample's weight by the number of samples of its role in the batch, so
-    each role's term is a mean over its samples whatever the batch's mix (roles ``0 ..
-    num_roles - 1``; FORGET and RETAIN by default)."""
-    counts = torch.zeros(num_roles, device=role.device).index_add_(0, role, torch.ones_like(role, dtype=torch.float32))
+    each role's term is a mean over its samples whatever the batch's mix."""
+    counts = torch.zeros(2, device=role.device).index_add_(0, role, torch.ones_like(role, dtype=torch.float32))
     return weights_per_sample / counts.clamp(min=1)[role]
 
 

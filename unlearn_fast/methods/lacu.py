@@ -38,10 +38,7 @@ concept is left (a few samples that still look like it), which later requests ca
 amplify. With ``remapped`` (the earlier erased conditions) and ``remapped_targets`` (their
 mapping targets), replay samples of these conditions train the mapping term instead
 (toward ``eps_prev(x_t, p_map)``, with the same push-away), so each request re-asserts
-the earlier erasures on what the previous model generates for them (or on their real
-images: ``continual.LacuSettings.erased_data``). This is a third term, a mean over the
-remapped samples with weight ``lam_unl``, so that the current request's mapping term keeps
-its strength however many erasures came before.
+the earlier erasures on what the previous model generates for them.
 
 The third LACU term, ``lam_reg ||theta - theta_prev||^2``, acts on the parameters, not on
 noise predictions: it is the trainer's ``TrainConfig.l2_anchor``.
@@ -54,9 +51,6 @@ from typing import Sequence, Union
 import torch
 
 from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe, check_all, per_role_mean
-
-
-REMAPPED = 2  # the role of remapped replay samples in the recipe's per-role means
 
 
 class LocalityAwareContinualUnlearning(Method):
@@ -131,7 +125,6 @@ class LocalityAwareContinualUnlearning(Method):
         target = self.map_of.to(batch.cond.device)[batch.cond]
         check_all(~(forget & (target < 0)), "batch: a forget sample's condition is not one of the method's forget conditions")
         mapping = target >= 0  # forget samples, and replay samples of remapped conditions
-        remapped = mapping & ~forget
         slot = torch.where(mapping, target, batch.cond)
         student = batch.cond
         if self.target_share > 0:
@@ -143,10 +136,8 @@ class LocalityAwareContinualUnlearning(Method):
             cross = on_target & take
             student = torch.where(cross, source, batch.cond)  # the forget condition, on the target's x_t
             mapping = mapping | cross
-        # three means: the current mapping (FORGET), replay (RETAIN), earlier erasures (REMAPPED)
         role = torch.where(mapping, torch.full_like(batch.role, FORGET), torch.full_like(batch.role, RETAIN))
-        role = torch.where(remapped, torch.full_like(role, REMAPPED), role)
-        weights = per_role_mean(torch.where(mapping, self.lam_unl * w, self.lam_pres * w), role, num_roles=3)
+        weights = per_role_mean(torch.where(mapping, self.lam_unl * w, self.lam_pres * w), role)
         if self.eta == 0:
             coeffs = torch.tensor([[1.0, -1.0]], device=w.device, dtype=w.dtype).expand(len(batch), 1, 2)
             return Recipe(student, slot[:, None], coeffs, weights[:, None])
