@@ -207,7 +207,7 @@ def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per request (default: 100)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--per-class", type=int, default=20, help="evaluation samples per class (default: 20)")
+    parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class (default: 50)")
     parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
     parser.add_argument("--lam-unl", type=float, default=None, help="LACU: weight of the mapping term")
     parser.add_argument("--lam-pres", type=float, default=None, help="LACU: weight of the replay term")

@@ -249,7 +249,7 @@ class ContinualSettings:
     seed: int = 0
     out: str = "continual_out"
     report: str | None = None
-    eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=20, steps=20, guidance=1.0))
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=50, steps=20, guidance=1.0))
     lacu: LacuSettings = field(default_factory=LacuSettings)
     l2_anchor: float | None = None  # the l2 baseline's lam (None: lacu.lam_reg)
     simultaneous_steps: int | None = None  # None: steps * len(sequence)
