@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import os
 import sys
 import time
@@ -48,11 +49,8 @@ def ua_trace(evaluator: ClassEvaluator, original, result, forget: list[int]) -> 
 
 
 def steps_to_target(trace: list[tuple[int, float]], target: float = UA_TARGET) -> int | None:
-    """The first probed step from which UA stays at or above ``target`` (None: never)."""
-    for i, (step, _) in enumerate(trace):
-        if all(ua >= target for _, ua in trace[i:]):
-            return step
-    return None
+    """The first probed step at which UA reaches ``target`` (None: never)."""
+    return next((step for step, ua in trace if ua >= target), None)
 
 
 def plot_trace(rows: list[dict], path: str) -> None:
@@ -96,6 +94,37 @@ def plot(rows: list[dict], before: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def render(data: dict, out: str) -> str:
+    """quality.md, tradeoff.png and ua_vs_steps.png from the results (``quality.json``)."""
+    demo, ev, steps, before, rows = DemoSettings(), data["eval"], data["steps"], data["before"], data["methods"]
+    for r in rows:
+        r["steps_to_ua_target"] = steps_to_target(r["ua_trace"])
+    lines = [f"Forgotten digit(s): {data['forget']}; {steps} steps, batch {demo.batch_size}, lr {demo.lr}, "
+             f"seed {demo.seed}; evaluation: {ev['per_class']} samples per digit, DDIM {ev['steps']} steps, "
+             f"guidance {ev['guidance']}, seed {ev['seed']}. Method constants: unlearn_fast/demo.py. "
+             f"Steps to UA >= {UA_TARGET}: the first checkpoint (every {data['probe_every']} steps) whose UA probe "
+             f"(50 samples of the forgotten digit, the evaluator's seed and sampler) reaches it; '-' = not within "
+             f"{steps} steps; ua_vs_steps.png shows the whole trace. Train seconds include the checkpoints and depend on what "
+             f"else ran on the machine (not comparable across rows here) "
+             f"(torch threads: {data['threads']}).", "",
+             "| method | UA | retain acc | neighbour acc | Frechet distance | KL to original (nats) | steps to UA target "
+             "| train s |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| original | {before['ua']:.3f} | {before['retain_acc']:.3f} | {before['neighbor_acc']:.3f} | "
+             f"{before['fid']:.2f} | 0 | | |"]
+    for r in rows:
+        reached = r["steps_to_ua_target"]
+        lines.append(f"| {r['method']} | {r['ua']:.3f} | {r['retain_acc']:.3f} | {r['neighbor_acc']:.3f} | "
+                     f"{r['fid']:.2f} | {r['kl_to_original']:.1f} | {'-' if reached is None else reached} | "
+                     f"{r['seconds']} |")
+    table = "\n".join(lines)
+    with open(os.path.join(out, "quality.md"), "w") as f:
+        f.write(f"# Method comparison, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n")
+    plot(rows, before, os.path.join(out, "tradeoff.png"))
+    plot_trace(rows, os.path.join(out, "ua_vs_steps.png"))
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--forget", type=int, nargs="+", default=[3])
@@ -105,7 +134,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's)")
     parser.add_argument("--probe-every", type=int, default=10, help="steps between UA probes (checkpoints)")
+    parser.add_argument("--render", metavar="JSON", default=None,
+                        help="only rewrite quality.md and the plots in --out from a saved quality.json")
     args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            print(render(json.load(f), args.out))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -133,30 +168,12 @@ def main(argv=None) -> int:
                                                                  "kl_to_original")}, "seconds": round(seconds, 1),
                      "steps_to_ua_target": steps_to_target(trace), "ua_trace": trace})
         print({k: v for k, v in rows[-1].items() if k != "ua_trace"}, flush=True)
-    lines = [f"Forgotten digit(s): {args.forget}; {steps} steps, batch {demo.batch_size}, lr {demo.lr}, "
-             f"seed {demo.seed}; evaluation: {settings.per_class} samples per digit, DDIM {settings.steps} steps, "
-             f"guidance {settings.guidance}, seed {settings.seed}. Method constants: unlearn_fast/demo.py. "
-             f"Steps to UA >= {UA_TARGET}: the first checkpoint (every {args.probe_every} steps) from which the UA "
-             f"probe stays at or above it; '-' = not within {steps} steps. Train seconds include the checkpoints "
-             f"(torch threads: {torch.get_num_threads()}).", "",
-             "| method | UA | retain acc | neighbour acc | Frechet distance | KL to original (nats) | steps to UA target "
-             "| train s |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| original | {before['ua']:.3f} | {before['retain_acc']:.3f} | {before['neighbor_acc']:.3f} | "
-             f"{before['fid']:.2f} | 0 | | |"]
-    for r in rows:
-        reached = r["steps_to_ua_target"]
-        lines.append(f"| {r['method']} | {r['ua']:.3f} | {r['retain_acc']:.3f} | {r['neighbor_acc']:.3f} | "
-                     f"{r['fid']:.2f} | {r['kl_to_original']:.1f} | {'-' if reached is None else reached} | "
-                     f"{r['seconds']} |")
-    table = "\n".join(lines)
     stamp = datetime.date.today().isoformat()
-    with open(os.path.join(args.out, "quality.md"), "w") as f:
-        f.write(f"# Method comparison, {stamp}\n\n```\npython {' '.join(sys.argv)}\n```\n\n{table}\n")
-    write_json(os.path.join(args.out, "quality.json"), {"before": before, "methods": rows, "date": stamp,
-                                                        "eval": evaluator.settings_dict(), "steps": steps})
-    plot(rows, before, os.path.join(args.out, "tradeoff.png"))
-    plot_trace(rows, os.path.join(args.out, "ua_vs_steps.png"))
+    data = {"before": before, "methods": rows, "date": stamp, "eval": evaluator.settings_dict(), "steps": steps,
+            "forget": args.forget, "probe_every": args.probe_every, "threads": torch.get_num_threads(),
+            "command": "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    write_json(os.path.join(args.out, "quality.json"), data)
+    table = render(data, args.out)
     print(table)
     return 0
 
