@@ -101,6 +101,9 @@ def run(args) -> list[dict]:
     rows = []
     kernel = f"fused_eps_loss_K{args.K}_M{args.M}_{args.dtype}"
     for size_text in args.sizes:
+        # fresh compiled references per size: otherwise dynamo's recompile limit (8) is hit
+        # after a few sizes and the "compiled" reference silently runs eager
+        torch._dynamo.reset()
         size = parse_size(size_text)
         pred, others, coeffs, weights = make_inputs(size, args.K, args.M, dtype, device)
         n = pred.numel()
