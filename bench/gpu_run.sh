@@ -38,8 +38,13 @@ step build "$PY" -m pip install --no-build-isolation --no-deps -e .
 step backends "$PY" -c "import unlearn_fast as uf; print(uf.backends())"
 step tests "$PY" -m pytest -q -p no:cacheprovider tests
 step kernels "$PY" bench/bench_kernels.py --device cuda --compile default max-autotune \
-    --sizes 1x4x64x64 8x4x64x64 32x4x64x64 1x4x128x128 8x4x128x128 1x16x128x128 8x16x128x128 1x16x16x60x90 \
-    --csv "$RESULTS/kernels.csv"
+    --sizes 1x4x64x64 8x4x64x64 32x4x64x64 1x4x128x128 8x4x128x128 32x4x128x128 1x16x128x128 8x16x128x128 \
+    32x16x128x128 1x16x16x60x90 8x16x16x60x90 --csv "$RESULTS/kernels.csv"
+step kernels_bf16 "$PY" bench/bench_kernels.py --device cuda --dtype bfloat16 --compile default \
+    --sizes 8x4x64x64 8x4x128x128 8x16x128x128 --csv "$RESULTS/kernels.csv"
+step plots "$PY" bench/plot_kernels.py "$RESULTS/kernels.csv" --out "$RESULTS"
+step pytest_benchmark "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_benchmarks.py --benchmark-enable \
+    --benchmark-only --benchmark-json "$RESULTS/pytest_benchmark.json"
 step step_fp32 "$PY" bench/bench_step.py --device cuda --model sd15 --batch 8 --csv "$RESULTS/step.csv"
 step step_bf16 "$PY" bench/bench_step.py --device cuda --model sd15 --batch 8 --teacher-dtype bf16 --csv "$RESULTS/step.csv"
 step demo "$PY" -m unlearn_fast.cli demo --out "$RESULTS/demo" --report "$RESULTS/demo.json"
