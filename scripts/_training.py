@@ -37,3 +37,18 @@ def ema_update(ema, model, decay):
         pe.lerp_(pm, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
+
+
+def optimizer_step(model, ema, opt, loss, lr, step, grad_clip, ema_decay):
+    """One step at ``lr``: backward, grad-norm clip (``grad_clip > 0``), update, then the EMA
+    with the usual warmup decay ``min(ema_decay, (1 + n) / (10 + n))``. Returns the new step."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    step += 1
+    ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+    return step

@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 from unlearn_fast.data import IMAGE_SIZE, NULL_CLASS, load_split  # noqa: E402
 from unlearn_fast.models_zoo import build_class_scheduler_config, build_class_unet_config  # noqa: E402
-from _training import atomic_save, ema_update, lr_at  # noqa: E402  (scripts/_training.py)
+from _training import atomic_save, lr_at, optimizer_step  # noqa: E402  (scripts/_training.py)
 
 
 def export(ema, scheduler, out_dir, info):
@@ -139,18 +139,9 @@ def main():
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
 
         lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule)
-        for g in opt.param_groups:
-            g["lr"] = lr
         pred = model(xt, t, class_labels=labels).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        step += 1
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema, model, decay)
+        step = optimizer_step(model, ema, opt, loss, lr, step, args.grad_clip, args.ema_decay)
         loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
         elapsed = time.time() - t0
         pbar.update(1)

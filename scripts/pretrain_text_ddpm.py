@@ -49,7 +49,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _training import atomic_save, ema_update, lr_at  # noqa: E402  (scripts/_training.py)
+from _training import atomic_save, lr_at, optimizer_step  # noqa: E402  (scripts/_training.py)
 from unlearn_fast.data import IMAGE_SIZE, NUM_CLASSES, load_split  # noqa: E402
 from unlearn_fast.models_zoo import (  # noqa: E402
     DIGIT_PROMPT_TEMPLATES,
@@ -260,18 +260,9 @@ def main():
         if args.anneal_by_time and args.max_minutes > 0 and step >= args.warmup:
             time_progress = p0 + (1 - p0) * (time.time() - t_start) / (args.max_minutes * 60)
         lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, time_progress=time_progress)
-        for g in opt.param_groups:
-            g["lr"] = lr
         pred = model(xt, t, input_ids, prompt_ids)
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        step += 1
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema, model, decay)
+        step = optimizer_step(model, ema, opt, loss, lr, step, args.grad_clip, args.ema_decay)
         loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
         elapsed = time.time() - t0
         pbar.update(1)
