@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--digits", default="0-9", help="digits to forget, one run each: '0-9' or '1,3,7'")
     parser.add_argument("--model", default="class", choices=["class", "text"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--per-class", type=int, default=None, help="evaluation samples per digit (default: the demo's)")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "acceptance"))
     parser.add_argument("--results", default=None, help="default: bench/results/acceptance/<model>")
     args = parser.parse_args(argv)
@@ -89,7 +90,10 @@ def main(argv=None) -> int:
     rows, settings = [], None
     for digit in parse_digits(args.digits):
         out = os.path.join(args.runs, f"{args.model}-{digit}")
-        report = run_demo(DemoSettings(forget=[digit], model=args.model, out=out, threads=args.threads))
+        settings_ = DemoSettings(forget=[digit], model=args.model, out=out, threads=args.threads)
+        if args.per_class:
+            settings_.eval.per_class = args.per_class
+        report = run_demo(settings_)
         settings = report["settings"]
         rows.append(check(report))
         print(json.dumps(rows[-1]), flush=True)
