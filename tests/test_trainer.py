@@ -409,3 +409,6 @@ def test_pool_with_mnist_conditions_takes_real_images_for_those_classes(class_di
     assert all(any(torch.equal(s, r) for r in real7) for s in sevens)  # real train images of class 7
     with pytest.raises(ValueError, match=r"mnist_conditions: classes \[10\] have no images"):
         _pool_source(adapter, scheduler, config, [3], [1, 10], accelerator, tmp_path / "run", [10])
+    rgb = SimpleNamespace(module=SimpleNamespace(config=SimpleNamespace(in_channels=3, sample_size=8)))
+    with pytest.raises(ValueError, match="mnist_conditions: the embedded MNIST images have 1 channel, the model has 3"):
+        _pool_source(rgb, scheduler, config, [3], [1, 7], accelerator, tmp_path / "rgb", [7])

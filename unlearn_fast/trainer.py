@@ -248,19 +248,26 @@ class SampleSource:
         return Batch(x0, cond, role, sample_id)
 
 
-def _mnist_source(adapter, config, forget_ids, retain_ids) -> SampleSource:
+def _mnist_train_split(module, classes: dict, key: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded MNIST train split at the model's size, once checked against the model (one
+    channel) and against ``classes`` (argument name -> class ids that must have images)."""
     from .data import load_split
 
-    cfg = adapter.module.config
+    cfg = module.config
     if cfg.in_channels != 1:
-        raise ValueError(f"data: the embedded MNIST images have 1 channel, the model has {cfg.in_channels}; "
-                         "use data = 'pool'")
+        raise ValueError(f"{key}: the embedded MNIST images have 1 channel, the model has {cfg.in_channels}"
+                         + ("; use data = 'pool'" if key == "data" else ""))
     x, y = load_split("train", size=int(cfg.sample_size))
     present = set(y.unique().tolist())
-    for name, ids in (("forget", forget_ids), ("retain", retain_ids)):
+    for name, ids in classes.items():
         missing = [i for i in ids if i not in present]
         if missing:
             raise ValueError(f"{name}: classes {missing} have no images in the embedded MNIST data (classes 0-9)")
+    return x, y
+
+
+def _mnist_source(adapter, config, forget_ids, retain_ids) -> SampleSource:
+    x, y = _mnist_train_split(adapter.module, {"forget": forget_ids, "retain": retain_ids})
     f = torch.isin(y, torch.tensor(forget_ids))
     r = torch.isin(y, torch.tensor(retain_ids, dtype=torch.long))
     return SampleSource(x[f], y[f], x[r], y[r], batch_size=config.batch_size, forget_fraction=config.forget_fraction)
@@ -272,6 +279,8 @@ def _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator
     conditions of ``real_ids`` (classes) take ``pool_size`` MNIST train images instead."""
     from .eval.sampling import sample
 
+    if real_ids:  # checked before the (slow) pool sampling
+        rx, ry = _mnist_train_split(teacher.module, {"mnist_conditions": list(real_ids)}, key="mnist_conditions")
     ids = [i for i in list(forget_ids) + [i for i in retain_ids if i not in forget_ids] if i not in real_ids]
     key = json.dumps({"conditions": [teacher.conditions[i] for i in ids], "size": config.pool_size,
                       "steps": config.pool_steps, "guidance": config.pool_guidance, "seed": config.seed})
@@ -283,29 +292,27 @@ def _pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator
         with safe_open(str(path), "pt") as f:
             return (f.metadata() or {}).get("key")
 
-    if accelerator.is_main_process and stored_key() != key:
-        conds = torch.tensor(ids).repeat_interleave(config.pool_size)
-        gen = torch.Generator("cpu").manual_seed(_derive_seed(config.seed, 0, 3))
-        x = sample(teacher, scheduler, conds, steps=config.pool_steps, guidance=config.pool_guidance,
-                   generator=gen, batch_size=max(config.batch_size, 16))
-        tmp = output_dir / (POOL_FILE + ".tmp")
-        save_file({"x": x.contiguous(), "cond": conds.contiguous()}, str(tmp), metadata={"key": key})
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    pool = load_file(str(path)) if ids else {"x": torch.zeros(0), "cond": torch.zeros(0, dtype=torch.long)}
-    x, c = pool["x"], pool["cond"]
+    xs, cs = [], []
+    if ids:
+        if accelerator.is_main_process and stored_key() != key:
+            conds = torch.tensor(ids).repeat_interleave(config.pool_size)
+            gen = torch.Generator("cpu").manual_seed(_derive_seed(config.seed, 0, 3))
+            x = sample(teacher, scheduler, conds, steps=config.pool_steps, guidance=config.pool_guidance,
+                       generator=gen, batch_size=max(config.batch_size, 16))
+            tmp = output_dir / (POOL_FILE + ".tmp")
+            save_file({"x": x.contiguous(), "cond": conds.contiguous()}, str(tmp), metadata={"key": key})
+            os.replace(tmp, path)
+        accelerator.wait_for_everyone()
+        pool = load_file(str(path))
+        xs.append(pool["x"])
+        cs.append(pool["cond"])
     if real_ids:
-        from .data import load_split
-
-        rx, ry = load_split("train", size=int(teacher.module.config.sample_size))
-        missing = [i for i in real_ids if not (ry == i).any()]
-        if missing:
-            raise ValueError(f"mnist_conditions: classes {missing} have no images in the embedded MNIST data (0-9)")
         g = torch.Generator().manual_seed(_derive_seed(config.seed, 0, 4))
         pick = torch.cat([(ry == i).nonzero().squeeze(1)[torch.randperm(int((ry == i).sum()), generator=g)]
                           [:config.pool_size] for i in real_ids])
-        x = torch.cat([x, rx[pick].to(x.dtype)]) if len(x) else rx[pick]
-        c = torch.cat([c, ry[pick].to(c.dtype)])
+        xs.append(rx[pick])
+        cs.append(ry[pick].long())
+    x, c = torch.cat(xs), torch.cat(cs)
     f = torch.isin(c, torch.tensor(forget_ids))
     r = torch.isin(c, torch.tensor(retain_ids, dtype=torch.long)) & ~f
     return SampleSource(x[f], c[f], x[r], c[r], batch_size=config.batch_size, forget_fraction=config.forget_fraction)
