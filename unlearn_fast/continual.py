@@ -64,8 +64,8 @@ from .ops import fused_eps_loss
 
 CONTINUAL_METHODS = ("lacu", "naive", "l2", "simultaneous")
 CONTINUAL_MODELS = ("class", "text")
-#: RU of naive / l2 / simultaneous: the demo's constants (demo.DEMO_METHOD_DEFAULTS) with retain
-#: weight 10 instead of 20, as a request here has 100 steps, not the demo's 200
+#: RU of naive / l2 / simultaneous: the demo's RU constants (demo.DEMO_METHOD_DEFAULTS) without
+#: its lambda_max cap, pinned here because the reported continual runs used exactly these
 NAIVE_RU = dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, retain_weight=10.0))
 PLOT_METRICS = (("ua", "UA over erased classes (mean)"), ("ua_min", "UA, lowest erased class"),
                 ("retain_acc", "retain accuracy"),
@@ -322,14 +322,11 @@ def _scores(evaluator: ClassEvaluator, model, erased: list[int], original) -> di
     }
 
 
-#: method arguments that hold class labels (given to the trainer as condition names)
-_LABEL_ARGS = ("targets", "remapped", "remapped_targets")
-
-
 def _train_request(settings: ContinualSettings, method: str, model_path: str | None, forget: list[int],
                    out_dir: str, *, steps: int, retain: list[int] | None = None, method_kwargs: dict | None = None,
                    l2_anchor: float = 0.0, lr: float | None = None, seed: int = 0, overrides: dict | None = None):
     from .config import TrainConfig
+    from .methods import METHODS
     from .trainer import train
 
     names = condition_names(settings.model)
@@ -337,7 +334,8 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
     if settings.model == "text":
         extra["pool_size"] = settings.pool_size  # lacu's overrides replace it
     if method_kwargs is not None:
-        extra["method_kwargs"] = {k: [names[c] for c in v] if k in _LABEL_ARGS else v for k, v in method_kwargs.items()}
+        labels = METHODS[method].condition_args  # class labels, given to the trainer as condition names
+        extra["method_kwargs"] = {k: [names[c] for c in v] if k in labels else v for k, v in method_kwargs.items()}
     extra.update(overrides or {})
     if retain is None and settings.model == "text":  # a prompt model has no implicit "every other class"
         retain = [c for c in range(len(names)) if c not in forget]
