@@ -25,13 +25,10 @@ import torch
 from safetensors.torch import load_file
 
 from unlearn_fast.config import TrainConfig
-from unlearn_fast.data.mnist import load_split
 from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings
-from unlearn_fast.eval.classifier import load_classifier
-from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
+from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from unlearn_fast.eval.report import public, write_json
-from unlearn_fast.models import ClassConditionalUNet
-from unlearn_fast.models_zoo import CLASS_DDPM_NULL_CLASS, load_class_ddpm
+from unlearn_fast.models_zoo import load_embedded
 from unlearn_fast.trainer import list_checkpoints, train
 
 CONSTRAINED = {"ru", "fu", "lu"}
@@ -146,11 +143,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     demo = DemoSettings()
     steps = args.steps or demo.steps
-    unet, scheduler = load_class_ddpm()
-    original = ClassConditionalUNet(unet, null_class=CLASS_DDPM_NULL_CLASS)
-    images, labels = load_split("heldout")
-    settings = EvalSettings(per_class=args.per_class)
-    evaluator = ClassEvaluator(scheduler, load_classifier(), images, labels, settings)
+    original, scheduler = load_embedded("class")
+    evaluator = embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class))
     before = public(evaluator.evaluate(original, args.forget))
     rows = []
     for method in args.methods:

@@ -58,8 +58,9 @@ from typing import Sequence
 
 import torch
 
-from .eval.metrics import ClassEvaluator, EvalSettings
+from .eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from .models import ConditionedModel
+from .models_zoo import embedded_condition_names, load_embedded
 from .ops import fused_eps_loss
 
 CONTINUAL_METHODS = ("lacu", "naive", "l2", "simultaneous")
@@ -279,33 +280,6 @@ class ContinualSettings:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def condition_names(model: str, num_classes: int = 10) -> list[str]:
-    """The trainer's name of each class label: the class id (``"3"``) or the digit's prompt."""
-    from .models_zoo import digit_prompt
-
-    return [digit_prompt(c) if model == "text" else str(c) for c in range(num_classes)]
-
-
-def _load_original(settings: ContinualSettings) -> tuple[ConditionedModel, object]:
-    from .models import ClassConditionalUNet
-    from .models_zoo import load_class_ddpm, load_text_ddpm
-
-    if settings.model == "text":
-        return load_text_ddpm(settings.model_path, prompts=condition_names("text"))
-    unet, scheduler = load_class_ddpm(settings.model_path)
-    return ClassConditionalUNet(unet, null_class=unet.config.num_class_embeds - 1), scheduler
-
-
-def default_evaluator(scheduler, settings: EvalSettings, image_size: int = 16, model: str = "class") -> ClassEvaluator:
-    """The shipped classifier on the held-out MNIST split (prompts for the text model)."""
-    from .data.mnist import load_split
-    from .eval.classifier import load_classifier
-
-    images, labels = load_split("heldout", size=image_size)
-    return ClassEvaluator(scheduler, load_classifier(), images, labels, settings,
-                          prompts=condition_names("text") if model == "text" else None)
-
-
 def _scores(evaluator: ClassEvaluator, model, erased: list[int], original) -> dict:
     r = evaluator.evaluate(model, erased, original=original)
     per_class = r["per_class_acc"]
@@ -329,7 +303,7 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
     from .methods import METHODS
     from .trainer import train
 
-    names = condition_names(settings.model)
+    names = embedded_condition_names(settings.model)
     extra = dict(NAIVE_RU) if method == "ru" else {}
     if settings.model == "text":
         extra["pool_size"] = settings.pool_size  # lacu's overrides replace it
@@ -472,9 +446,9 @@ def run_continual(settings: ContinualSettings, evaluator: ClassEvaluator | None 
     start = time.perf_counter()
     os.makedirs(settings.out, exist_ok=True)
     report_path = settings.report or os.path.join(settings.out, "report.json")
-    original, scheduler = _load_original(settings)
+    original, scheduler = load_embedded(settings.model, settings.model_path)
     if evaluator is None:
-        evaluator = default_evaluator(scheduler, settings.eval, int(original.module.config.sample_size), settings.model)
+        evaluator = embedded_evaluator(scheduler, settings.eval, settings.model, int(original.module.config.sample_size))
     seq = [int(c) for c in settings.sequence]
     bad = [c for c in seq if not 0 <= c < evaluator.num_classes]
     if bad:

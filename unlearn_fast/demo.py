@@ -25,14 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data.mnist import load_split
-from .eval.classifier import load_classifier
-from .eval.metrics import ClassEvaluator, EvalSettings
+from .eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from .eval.report import public, save_grid, table, write_json
-from .models import ClassConditionalUNet
-from .models_zoo import (
-    CLASS_DDPM_NULL_CLASS, DIGIT_PROMPT_TEMPLATES, TEXT_DDPM_DIR, digit_prompt, load_class_ddpm, load_text_ddpm,
-)
+from .models_zoo import DIGIT_PROMPT_TEMPLATES, digit_prompt, embedded_condition_names, load_embedded
 from .trainer import train
 
 DEMO_MODELS = ("class", "text")
@@ -104,19 +99,13 @@ def run_demo(settings: DemoSettings) -> dict:
     report_path = settings.report or os.path.join(settings.out, "report.json")
 
     text = settings.model == "text"
-    prompts = [digit_prompt(d) for d in range(10)] if text else None
-    if text:
-        original, scheduler = load_text_ddpm(prompts=prompts)
-        names = [digit_prompt(f) for f in settings.forget]
-        model_args = dict(model="text", model_path=TEXT_DDPM_DIR, forget=names,
-                          retain=[p for p in prompts if p not in names],
+    original, scheduler = load_embedded(settings.model)
+    names = embedded_condition_names(settings.model)
+    model_args = dict(model=settings.model, forget=[names[f] for f in settings.forget])
+    if text:  # a prompt model has no data and no implicit "every other class"
+        model_args.update(retain=[n for d, n in enumerate(names) if d not in settings.forget],
                           pool_size=settings.pool_size, **TEXT_POOL)
-    else:
-        unet, scheduler = load_class_ddpm()
-        original = ClassConditionalUNet(unet, null_class=CLASS_DDPM_NULL_CLASS)
-        model_args = dict(forget=[str(f) for f in settings.forget])
-    images, labels = load_split("heldout")
-    evaluator = ClassEvaluator(scheduler, load_classifier(), images, labels, settings.eval, prompts=prompts)
+    evaluator = embedded_evaluator(scheduler, settings.eval, settings.model)
     s = settings.eval
     n_steps = -(-10 * s.per_class // 256) * s.steps  # sampler calls per evaluation
 
@@ -153,7 +142,7 @@ def run_demo(settings: DemoSettings) -> dict:
             "model": ("embedded text-conditioned DDPM, 16x16 MNIST (unlearn_fast/assets/text_ddpm); classes are "
                       "the prompts in 'prompts'" if text else
                       "embedded class-conditional DDPM, 16x16 MNIST (unlearn_fast/assets/class_ddpm)"),
-            "prompts": prompts,
+            "prompts": evaluator.prompts,
             "train": {k: v for k, v in vars(config).items() if k in (
                 "method", "method_kwargs", "forget", "max_steps", "batch_size", "lr", "seed", "weighting", "source",
                 "data", "pool_size", "pool_steps", "pool_guidance")},

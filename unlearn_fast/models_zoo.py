@@ -344,3 +344,24 @@ def load_text_ddpm(
         scheduler = DDPMScheduler(**build_class_scheduler_config())
     prompts = list(prompts) if prompts is not None else all_digit_prompts() + [""]
     return TextConditionalUNet(unet, text_encoder, tokenizer, prompts), scheduler
+
+
+# --- either embedded model, by kind ---------------------------------------------------------------
+
+
+def embedded_condition_names(kind: str = "class", num_classes: int = 10) -> list:
+    """The condition name of each digit in the embedded model of ``kind``: the class id
+    (``"3"``) for ``"class"``, the canonical prompt (``digit_prompt``) for ``"text"``."""
+    return [digit_prompt(c) if kind == "text" else str(c) for c in range(num_classes)]
+
+
+def load_embedded(kind: str = "class", path: Optional[str] = None):
+    """``(adapter, scheduler)`` of the embedded class DDPM (a ``ClassConditionalUNet``, null class
+    last) or text DDPM (a ``TextConditionalUNet`` over the canonical digit prompts); ``path``
+    replaces the shipped folder."""
+    from .models import ClassConditionalUNet
+
+    if kind == "text":
+        return load_text_ddpm(path, prompts=embedded_condition_names("text"))
+    unet, scheduler = load_class_ddpm(path)
+    return ClassConditionalUNet(unet, null_class=unet.config.num_class_embeds - 1), scheduler

@@ -60,6 +60,19 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
 
 
+def embedded_evaluator(scheduler, settings: EvalSettings | None = None, model: str = "class",
+                       image_size: int = 16) -> "ClassEvaluator":
+    """The evaluator of the embedded models: the shipped classifier on the held-out MNIST split,
+    with the canonical digit prompts as classes for the text model."""
+    from ..data.mnist import load_split
+    from ..models_zoo import embedded_condition_names
+    from .classifier import load_classifier
+
+    images, labels = load_split("heldout", size=image_size)
+    return ClassEvaluator(scheduler, load_classifier(), images, labels, settings,
+                          prompts=embedded_condition_names("text") if model == "text" else None)
+
+
 class ClassEvaluator:
     """Evaluator of class unlearning on a class-conditional model with ``num_classes`` classes.
 
