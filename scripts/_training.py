@@ -1,5 +1,6 @@
 """Helpers shared by the training scripts of the embedded models (class DDPM, text DDPM,
-classifier): the learning-rate schedule, atomic checkpoint writes and the EMA update."""
+classifier): the learning-rate schedule, atomic checkpoint writes, the EMA update, and
+for the two DDPM scripts their common arguments, checkpoint/resume, batches and noising."""
 
 from __future__ import annotations
 
@@ -52,3 +53,61 @@ def optimizer_step(model, ema, opt, loss, lr, step, grad_clip, ema_decay):
     step += 1
     ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
     return step
+
+
+def add_ddpm_arguments(ap, *, steps, lr, schedule, ckpt, out):
+    """The arguments both DDPM pretraining scripts take (defaults that differ are keywords)."""
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default=schedule)
+    ap.add_argument("--ema-decay", type=float, default=0.999)
+    ap.add_argument("--p-uncond", type=float, default=0.1)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--export-every", type=int, default=500)
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly after this wall time (0: no limit)")
+    ap.add_argument("--ckpt", default=ckpt)
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--out", default=out)
+
+
+def save_training_state(path, model, ema, opt, gen, step, elapsed, loss_avg, args):
+    atomic_save(dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                     torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, loss_avg=loss_avg,
+                     args=vars(args)), path)
+
+
+def resume_training_state(path, model, ema, opt, gen):
+    """Load a checkpoint of ``save_training_state`` (our own file); returns ``(step, elapsed, loss_avg)``."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["opt"])
+    gen.set_state(ck["gen"])
+    torch.set_rng_state(ck["torch_rng"])
+    step, elapsed, loss_avg = ck["step"], ck.get("elapsed", 0.0), ck.get("loss_avg")
+    print(f"resumed from {path} at step {step} ({elapsed:.0f}s of training so far)", flush=True)
+    return step, elapsed, loss_avg
+
+
+def batch_indices(n, batch, gen):
+    """Endless batches of indices into ``n`` items: a fresh permutation whenever one runs short."""
+    perm, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos:pos + batch]
+        pos += batch
+
+
+def noised(x0, alphas_cumprod, gen):
+    """``(t, noise, x_t)``: uniform timesteps and the forward process ``q(x_t | x_0)``."""
+    t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return t, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise

@@ -49,7 +49,9 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _training import atomic_save, lr_at, optimizer_step  # noqa: E402  (scripts/_training.py)
+from _training import (  # noqa: E402  (scripts/_training.py)
+    add_ddpm_arguments, batch_indices, lr_at, noised, optimizer_step, resume_training_state, save_training_state,
+)
 from unlearn_fast.data import IMAGE_SIZE, NUM_CLASSES, load_split  # noqa: E402
 from unlearn_fast.models_zoo import (  # noqa: E402
     DIGIT_PROMPT_TEMPLATES,
@@ -140,26 +142,11 @@ def quality_check(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=8e-4)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--schedule", choices=["constant", "cosine"], default="cosine")
-    ap.add_argument("--ema-decay", type=float, default=0.999)
-    ap.add_argument("--p-uncond", type=float, default=0.1)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ckpt-every", type=int, default=250)
-    ap.add_argument("--export-every", type=int, default=500)
-    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly after this wall time (0: no limit)")
+    add_ddpm_arguments(ap, steps=6000, lr=8e-4, schedule="cosine",
+                       ckpt=os.path.join(ROOT, "runs", "text_ddpm", "ckpt.pt"), out=TEXT_DDPM_DIR)
     ap.add_argument("--anneal-by-time", action="store_true",
                     help="with --max-minutes and a cosine schedule, anneal by the time budget when it is the "
                          "tighter limit (so a run on a slow or shared CPU still ends at the low lr)")
-    ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "text_ddpm", "ckpt.pt"))
-    ap.add_argument("--no-resume", action="store_true")
-    ap.add_argument("--out", default=TEXT_DDPM_DIR)
     # quality check mode
     ap.add_argument("--check", action="store_true", help="only run the quality check of --out and exit")
     ap.add_argument("--n-per-class", type=int, default=20)
@@ -196,14 +183,7 @@ def main():
 
     step, elapsed, loss_avg = 0, 0.0, None
     if not args.no_resume and os.path.exists(args.ckpt):
-        ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, elapsed, loss_avg = ck["step"], ck.get("elapsed", 0.0), ck.get("loss_avg")
-        print(f"resumed from {args.ckpt} at step {step} ({elapsed:.0f}s of training so far)", flush=True)
+        step, elapsed, loss_avg = resume_training_state(args.ckpt, model, ema, opt, gen)
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
     print(f"UNet2DConditionModel: {n_unet / 1e6:.3f} M parameters; CLIPTextModel: {n_text / 1e6:.3f} M "
@@ -211,7 +191,6 @@ def main():
           f"{len(x_train)} training images at {IMAGE_SIZE}x{IMAGE_SIZE}", flush=True)
 
     alphas_cumprod = scheduler.alphas_cumprod.float()
-    T = scheduler.config.num_train_timesteps
 
     def info():
         return dict(
@@ -226,14 +205,9 @@ def main():
         )
 
     def checkpoint():
-        atomic_save(
-            dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                 torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, loss_avg=loss_avg, args=vars(args)),
-            args.ckpt,
-        )
+        save_training_state(args.ckpt, model, ema, opt, gen, step, elapsed, loss_avg, args)
 
-    n = len(x_train)
-    perm, pos = torch.randperm(n, generator=gen), 0
+    batches = batch_indices(len(x_train), args.batch, gen)
     model.train()
     t_start = time.time()
     t0 = t_start - elapsed
@@ -243,18 +217,12 @@ def main():
     pbar = tqdm(total=args.steps, initial=step, desc="text_ddpm", mininterval=30, file=sys.stdout)
     stop = False
     while step < args.steps and not stop:
-        if pos + args.batch > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + args.batch]
-        pos += args.batch
+        idx = next(batches)
         x0 = x_train[idx]
         template = torch.randint(0, K, (len(idx),), generator=gen)
         prompt_ids = y_train[idx] * K + template
         prompt_ids[torch.rand(len(idx), generator=gen) < args.p_uncond] = null_id
-        t = torch.randint(0, T, (len(idx),), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        t, noise, xt = noised(x0, alphas_cumprod, gen)
 
         time_progress = None
         if args.anneal_by_time and args.max_minutes > 0 and step >= args.warmup:
