@@ -337,3 +337,25 @@ def test_cli_has_the_continual_command(capsys):
         cli_main(["continual", "--sequence", "3,8", "--method", "magic", "--out", "unused"])
     assert err.value.code == 2
     assert "method: expected some of" in capsys.readouterr().err
+
+
+def test_last_request_probe_checks_its_arguments(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "continual_last_request.py")
+    spec = importlib.util.spec_from_file_location("continual_last_request", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.parse_set(["pool_size=256", "eta=0.25", "data=mnist"]) == {"pool_size": 256, "eta": 0.25, "data": "mnist"}
+    with pytest.raises(SystemExit, match="--set: expected KEY=VALUE with KEY one of"):
+        probe.parse_set(["pool=256"])
+    with pytest.raises(SystemExit, match="--set: expected KEY=VALUE"):
+        probe.parse_set(["eta"])
+    steps = [{"model_dir": str(tmp_path / "gone")}, {"model_dir": str(tmp_path / "gone2")}]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"settings": {"model_kind": "class"}, "methods": {"lacu": {"steps": steps}}}))
+    with pytest.raises(SystemExit, match="previous step's model .*gone is not on disk"):
+        probe.main([str(report)])
+    report.write_text(json.dumps({"settings": {"model_kind": "text"}, "methods": {"lacu": {"steps": steps}}}))
+    with pytest.raises(SystemExit, match="expected a class-model report with a lacu run"):
+        probe.main([str(report)])

@@ -324,6 +324,25 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
     return result, time.perf_counter() - start, config
 
 
+def train_lacu_request(settings: ContinualSettings, model_path: str | None, request: int, out_dir: str, *,
+                       target: int, replayed: list[int], erased: list[int], remapped: dict[int, int], seed: int):
+    """One LACU request from the model at ``model_path``: erase ``request`` onto ``target``,
+    replay ``replayed``, re-assert the earlier erasures ``remapped`` (erased class -> its
+    target); ``erased``: every class erased by earlier requests (replayed on their real train
+    images when ``lacu.erased_data == "mnist"``).
+    Returns ``(TrainResult, seconds, TrainConfig)``."""
+    lacu = settings.lacu
+    return _train_request(
+        settings, "lacu", model_path, [request], out_dir, steps=settings.steps, retain=replayed,
+        method_kwargs=dict(targets=[target], lam_unl=lacu.lam_unl, lam_pres=lacu.lam_pres,
+                           target_share=lacu.target_share, eta=lacu.eta, remapped=list(remapped),
+                           remapped_targets=list(remapped.values())),
+        l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
+        overrides=dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
+                       mnist_conditions=[str(e) for e in erased]
+                       if lacu.erased_data == "mnist" and settings.model == "class" else []))
+
+
 def _train_summary(config) -> dict:
     keep = ("method", "method_kwargs", "forget", "retain", "max_steps", "batch_size", "lr", "seed", "l2_anchor",
             "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions")
@@ -382,15 +401,9 @@ def run_sequence(settings: ContinualSettings, method: str, evaluator: ClassEvalu
                     target_of[e] = select_target(distance, e, candidates, erased=erased, current=[request])[0]
             target_of[request] = target
             select_seconds = time.perf_counter() - t0
-            result, seconds, config = _train_request(
-                settings, "lacu", path, [request], out_dir, steps=settings.steps, retain=replay_all,
-                method_kwargs=dict(targets=[target], lam_unl=lacu.lam_unl, lam_pres=lacu.lam_pres,
-                                   target_share=lacu.target_share, eta=lacu.eta, remapped=remapped,
-                                   remapped_targets=[target_of[e] for e in remapped]),
-                l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
-                overrides=dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
-                               mnist_conditions=[str(e) for e in erased]
-                               if lacu.erased_data == "mnist" and settings.model == "class" else []))
+            result, seconds, config = train_lacu_request(
+                settings, path, request, out_dir, target=target, replayed=replay_all, erased=list(erased),
+                remapped={e: target_of[e] for e in remapped}, seed=seed)
             rec.update(target=target, target_distances={str(k): v for k, v in target_d.items()}, replay=replay,
                        replayed=replay_all, remapped={str(e): target_of[e] for e in remapped},
                        select_seconds=round(select_seconds, 2))
