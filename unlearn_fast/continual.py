@@ -32,7 +32,8 @@ Methods (math.md section 8):
   model on its own samples of an erased class kept (and later requests amplified) what
   was left of it: on 2,7,4,0,6 a class came back to 10-15% of its samples after 5
   requests. Chosen on 3,8,5,1,9 and 2,7,4,0,6 (both pass the acceptance); on 5,0,9,4,7
-  the last request keeps 8% of its samples (bench/results/continual/README.md).
+  the last request keeps 8% of its samples: its nearest admissible target is itself read
+  as the forgotten class ~5% of the time (bench/results/continual/FINDINGS.md).
 - ``naive``: the single-shot method (RU, ``NAIVE_RU``) applied to each
   request in turn.
 - ``l2``: ``naive`` plus the L2 anchor.
