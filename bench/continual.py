@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class")
     parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-check", default="none", choices=["none", "detector"],
+                        help="LACU's target rule (LacuSettings.target_check)")
+    parser.add_argument("--max-confusion", type=float, default=LacuSettings.max_confusion)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "continual"))
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "continual"))
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
     settings = ContinualSettings(
         sequence=[int(c) for c in args.sequence.split(",")], methods=args.methods.split(","), steps=args.steps,
         seed=args.seed, out=args.runs, report=os.path.join(args.runs, "report.json"),
-        eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=LacuSettings(),
+        eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0),
+        lacu=LacuSettings(target_check=args.target_check, max_confusion=args.max_confusion),
         threads=args.threads)
     start = time.perf_counter()
     report = run_continual(settings)

@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels", default="32,64", help="conv widths, comma-separated (the detector: 16,32)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-rot", type=float, default=12.0, help="degrees")
     ap.add_argument("--max-shift", type=float, default=1.5, help="pixels at IMAGE_SIZE")
@@ -80,7 +81,8 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
 
     xtr, ytr, xte, yte = load_digits(IMAGE_SIZE)
-    model = DigitClassifier(image_size=IMAGE_SIZE)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    model = DigitClassifier(image_size=IMAGE_SIZE, channels=channels)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed = 0, 0.0
     if not args.no_resume and os.path.exists(args.ckpt):

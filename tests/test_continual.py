@@ -14,9 +14,11 @@ import torch
 from unlearn_fast.cli import SUBCOMMANDS, main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig
 from unlearn_fast.continual import (
-    ContinualSettings, LacuSettings, ScoreDistance, markdown_table, run_continual, select_replay, select_target,
+    ContinualSettings, LacuSettings, ScoreDistance, TargetConfusion, markdown_table, run_continual, select_replay,
+    select_target,
 )
 from unlearn_fast.engine import UnlearningObjective
+from unlearn_fast.eval.classifier import DigitClassifier
 from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
 from unlearn_fast.methods import FORGET, METHODS, RETAIN, Batch, LocalityAwareContinualUnlearning
 from unlearn_fast.models import ClassConditionalUNet
@@ -106,6 +108,87 @@ def test_target_selection_picks_the_nearest_admissible():
     assert target == 3 and set(dist) == {1, 3}
     with pytest.raises(ValueError, match="no admissible mapping target"):
         select_target(d, 0, [0, 2, 4], erased=[2], current=[4])
+
+
+class FixedConfusion:
+    """A stand-in detector check with given rates; records which candidates were checked."""
+
+    def __init__(self, rates):
+        self.r = rates
+        self.asked = []
+
+    def rate(self, forget, candidate):
+        self.asked.append(candidate)
+        return self.r[candidate]
+
+
+def test_target_check_skips_a_near_candidate_the_detector_confuses():
+    # distances from 0: 2 (0.1) < 4 (0.2) < 3 (0.3) < 1 (0.5)
+    m = [[0.0, 0.5, 0.1, 0.3, 0.2]] + [[0.0] * 5] * 4
+    d = FixedDistance(m)
+    check = FixedConfusion({1: 0.0, 2: 0.06, 3: 0.0, 4: 0.01})
+    assert select_target(d, 0, range(5), confusion=check, max_confusion=0.02)[0] == 4  # 2 is read as 0 too often
+    assert check.asked == [2, 4]  # nearest first, stops at the first that passes
+    check = FixedConfusion({1: 0.0, 2: 0.06, 3: 0.0, 4: 0.01})
+    assert select_target(d, 0, range(5), confusion=check, max_confusion=0.1)[0] == 2 and check.asked == [2]
+    # none of the `checked` nearest passes: the least confused of them, never a farther one
+    check = FixedConfusion({1: 0.0, 2: 0.06, 3: 0.05, 4: 0.08})
+    assert select_target(d, 0, range(5), confusion=check, max_confusion=0.02, checked=3)[0] == 3
+    assert check.asked == [2, 4, 3]
+    check = FixedConfusion({1: 0.0, 2: 0.05, 3: 0.0, 4: 0.05})
+    assert select_target(d, 0, range(5), confusion=check, max_confusion=0.02, checked=2)[0] == 2  # tie: the nearer
+    # without a check: the nearest, whatever a detector would say
+    assert select_target(d, 0, range(5))[0] == 2
+    with pytest.raises(ValueError, match="checked: expected at least one"):
+        select_target(d, 0, range(5), confusion=check, checked=0)
+
+
+class ByClassDetector(torch.nn.Module):
+    """Labels every image of condition ``c`` (recognised by a constant the stub model writes) as
+    ``label_of[c]``: a detector whose confusion rates are known exactly."""
+
+    def __init__(self, label_of):
+        super().__init__()
+        self.label_of = label_of
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        cond = images.flatten(1)[:, 0].round().long()
+        return torch.nn.functional.one_hot(torch.tensor([self.label_of[int(c)] for c in cond]), 10).float()
+
+
+def test_target_confusion_is_the_detectors_share_of_forget_labels(scheduler, monkeypatch):
+    import unlearn_fast.continual as continual
+
+    calls = []
+
+    def fake_sample(model, scheduler, cond, *, steps, guidance, generator):
+        calls.append(int(cond[0]))
+        images = torch.zeros(len(cond), 1, 8, 8)
+        images[:, 0, 0, 0] = cond.float()  # the condition id, for the stub detector
+        images[1::4, 0, 0, 0] = -1  # every 4th image: "looks like" the id -1 class
+        return images
+
+    monkeypatch.setattr(continual, "sample", fake_sample)
+    ids = [9 - c for c in range(10)]  # label c is condition id 9 - c
+    detector = ByClassDetector({-1: 7, **{ids[c]: c for c in range(10)}})
+    check = TargetConfusion(object(), scheduler, detector, ids, samples=8, steps=2, guidance=1.0)
+    assert check.rate(7, 3) == 0.25  # 2 of 8 samples of label 3 are read as 7
+    assert check.rate(3, 3) == 0.75 and check.rate(6, 3) == 0.0 and check.rate(7, 2) == 0.25
+    assert calls == [ids[3], ids[2]]  # sampled once per candidate, by its condition id
+    assert check.rates(7) == {3: 0.25, 2: 0.25}
+    with pytest.raises(ValueError, match="samples: expected at least one"):
+        TargetConfusion(object(), scheduler, detector, ids, samples=0)
+
+
+def test_the_shipped_detector_reads_held_out_digits():
+    from unlearn_fast.data import load_split
+    from unlearn_fast.eval.classifier import load_detector
+
+    images, labels = load_split("heldout", size=16)
+    det = load_detector()
+    assert float((det.predict(images) == labels).double().mean()) > 0.97
+    assert det.config["channels"] == [16, 32] or tuple(det.config["channels"]) == (16, 32)  # not the evaluator's
 
 
 def test_target_selection_with_score_distance(scheduler):
@@ -274,8 +357,10 @@ def tiny_evaluator(scheduler) -> ClassEvaluator:
 def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir, scheduler):
     settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive", "simultaneous"], model_path=class_dir,
                                  steps=2, batch_size=4, out=str(tmp_path / "out"),
-                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2))
-    report = run_continual(settings, evaluator=tiny_evaluator(scheduler), log=lambda line: None)
+                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2, target_check="detector",
+                                                   check_samples=4))
+    detector = DigitClassifier(image_size=8).eval()
+    report = run_continual(settings, evaluator=tiny_evaluator(scheduler), log=lambda line: None, detector=detector)
     on_disk = json.load(open(tmp_path / "out" / "report.json"))
     assert on_disk["sequence"] == [3, 8] and set(on_disk["methods"]) == {"lacu", "naive", "simultaneous"}
     for method in ("lacu", "naive"):
@@ -289,6 +374,9 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     lacu = on_disk["methods"]["lacu"]["steps"]
     assert lacu[0]["target"] not in (3,) and lacu[1]["target"] not in (3, 8)  # admissible targets only
     assert 3 in lacu[1]["replayed"] and 8 not in lacu[1]["replayed"]  # the erased class is replayed
+    for s in lacu:  # the target was checked by the detector: its rate is in the report
+        assert str(s["target"]) in s["target_confusion"]
+        assert all(0.0 <= r <= 1.0 and r in (0, 0.25, 0.5, 0.75, 1) for r in s["target_confusion"].values())
     expected_target = lacu[0]["target"] if lacu[0]["target"] != 8 else lacu[1]["remapped"]["3"]
     assert lacu[1]["remapped"] == {"3": expected_target} and expected_target not in (3, 8)  # its mapping is retrained
     assert lacu[1]["train"]["mnist_conditions"] == ["3"]  # the erased class replays its real images
@@ -307,7 +395,8 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
     from unlearn_fast.models_zoo import digit_prompt
 
     settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive"], model="text", steps=2, batch_size=4,
-                                 out=str(tmp_path / "out"), pool_size=2, lacu=LacuSettings(draws=4, replay=2, pool_size=2),
+                                 out=str(tmp_path / "out"), pool_size=2,
+                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2),
                                  eval=EvalSettings(per_class=2, steps=2, guidance=1.0, kl_draws=2))
     report = run_continual(settings, log=lambda line: None)
     assert report["settings"]["model_kind"] == "text"
@@ -320,6 +409,7 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
     naive = report["methods"]["naive"]["steps"][1]["train"]
     assert naive["forget"] == [digit_prompt(8)] and len(naive["retain"]) == 9  # every other digit's prompt
     assert all(isinstance(s["ua"], float) for s in lacu)
+    assert "target_confusion" not in lacu[0]  # the default target rule: the nearest, no detector
     cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
     assert cfg["model"] == "text" and cfg["model_path"] == lacu[0]["model_dir"]
 
@@ -329,6 +419,12 @@ def test_continual_settings_check_model_and_erased_data():
         ContinualSettings(model="video")
     with pytest.raises(ValueError, match="erased_data: expected 'mnist' or 'pool'"):
         ContinualSettings(lacu=LacuSettings(erased_data="real"))
+    with pytest.raises(ValueError, match="target_check: expected 'detector' or 'none'"):
+        ContinualSettings(lacu=LacuSettings(target_check="oracle"))
+    with pytest.raises(ValueError, match=r"max_confusion: expected a share in \[0, 1\], got 5"):
+        ContinualSettings(lacu=LacuSettings(max_confusion=5))
+    with pytest.raises(ValueError, match="checked, check_samples: expected ints >= 1"):
+        ContinualSettings(lacu=LacuSettings(check_samples=0))
 
 
 def test_cli_has_the_continual_command(capsys):
@@ -337,6 +433,10 @@ def test_cli_has_the_continual_command(capsys):
         cli_main(["continual", "--sequence", "3,8", "--method", "magic", "--out", "unused"])
     assert err.value.code == 2
     assert "method: expected some of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        cli_main(["continual", "--sequence", "3,8", "--max-confusion", "-0.1", "--out", "unused"])
+    assert err.value.code == 2
+    assert "max_confusion: expected a share in [0, 1]" in capsys.readouterr().err
 
 
 def test_last_request_probe_checks_its_arguments(tmp_path):

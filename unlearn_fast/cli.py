@@ -214,6 +214,12 @@ def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lam-reg", type=float, default=None, help="LACU (and l2): weight of the L2 anchor")
     parser.add_argument("--replay", type=int, default=None, help="LACU: nearest retained classes replayed")
     parser.add_argument("--eta", type=float, default=None, help="LACU: push-away weight of the mapping (0: plain)")
+    parser.add_argument("--target-check", default=None, choices=["detector", "none"],
+                        help="LACU: take the nearest admissible mapping target (none, default) or skip a near one "
+                             "whose own samples the concept detector reads as the forgotten class (detector)")
+    parser.add_argument("--max-confusion", type=float, default=None,
+                        help="LACU: the detector's largest share of a target's samples read as the forgotten class "
+                             "(default 0.025)")
     parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
     parser.add_argument("--out", default="continual_out", help="folder for the runs, table.md and continual.png")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,7 +235,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--sequence: expected class ids separated by commas, got {args.sequence!r}") from None
     lacu = LacuSettings()
-    for key in ("lam_unl", "lam_pres", "lam_reg", "replay", "eta"):
+    for key in ("lam_unl", "lam_pres", "lam_reg", "replay", "eta", "target_check", "max_confusion"):
         if getattr(args, key) is not None:
             setattr(lacu, key, getattr(args, key))
     try:

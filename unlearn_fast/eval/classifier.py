@@ -21,6 +21,9 @@ import torch.nn as nn
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 CLASSIFIER_WEIGHTS_FILE = os.path.join(ASSETS_DIR, "classifier.safetensors")
 CLASSIFIER_CONFIG_FILE = os.path.join(ASSETS_DIR, "classifier_config.json")
+# the concept detector of continual unlearning's target checks: trained like the classifier
+# but on another seed and width (16, 32), so the evaluator does not judge its own choices
+DETECTOR_WEIGHTS_FILE = os.path.join(ASSETS_DIR, "detector.safetensors")
 
 
 class DigitClassifier(nn.Module):
@@ -114,3 +117,8 @@ def load_classifier(
     model.load_state_dict(load_file(weights, device="cpu"))
     model.to(device).eval().requires_grad_(False)
     return model
+
+
+def load_detector(device: Union[str, torch.device] = "cpu") -> DigitClassifier:
+    """The shipped concept detector (``scripts/train_classifier.py --seed 1 --channels 16,32``)."""
+    return load_classifier(DETECTOR_WEIGHTS_FILE, device=device)
