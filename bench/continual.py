@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     parser.add_argument("--target-check", default="none", choices=["none", "detector"],
                         help="LACU's target rule (LacuSettings.target_check)")
     parser.add_argument("--max-confusion", type=float, default=LacuSettings.max_confusion)
+    parser.add_argument("--lam-pres", type=float, default=LacuSettings.lam_pres, help="LACU's replay weight")
+    parser.add_argument("--lacu-lr", type=float, default=LacuSettings.lr, help="LACU's learning rate")
+    parser.add_argument("--replay", type=int, default=LacuSettings.replay, help="LACU's nearest retained classes replayed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "continual"))
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "continual"))
@@ -56,7 +59,8 @@ def main(argv=None) -> int:
         sequence=[int(c) for c in args.sequence.split(",")], methods=args.methods.split(","), steps=args.steps,
         seed=args.seed, out=args.runs, report=os.path.join(args.runs, "report.json"),
         eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0),
-        lacu=LacuSettings(target_check=args.target_check, max_confusion=args.max_confusion),
+        lacu=LacuSettings(target_check=args.target_check, max_confusion=args.max_confusion, lam_pres=args.lam_pres,
+                          lr=args.lacu_lr, replay=args.replay),
         threads=args.threads)
     start = time.perf_counter()
     report = run_continual(settings)
