@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class")
     parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-check", default="none", choices=["none", "detector"],
+    parser.add_argument("--target-check", default=LacuSettings.target_check, choices=["none", "detector"],
                         help="LACU's target rule (LacuSettings.target_check)")
     parser.add_argument("--max-confusion", type=float, default=LacuSettings.max_confusion)
     parser.add_argument("--lam-pres", type=float, default=LacuSettings.lam_pres, help="LACU's replay weight")

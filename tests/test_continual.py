@@ -396,7 +396,7 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
 
     settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive"], model="text", steps=2, batch_size=4,
                                  out=str(tmp_path / "out"), pool_size=2,
-                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2),
+                                 lacu=LacuSettings(draws=4, replay=2, pool_size=2, target_check="none"),
                                  eval=EvalSettings(per_class=2, steps=2, guidance=1.0, kl_draws=2))
     report = run_continual(settings, log=lambda line: None)
     assert report["settings"]["model_kind"] == "text"
@@ -409,7 +409,7 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
     naive = report["methods"]["naive"]["steps"][1]["train"]
     assert naive["forget"] == [digit_prompt(8)] and len(naive["retain"]) == 9  # every other digit's prompt
     assert all(isinstance(s["ua"], float) for s in lacu)
-    assert "target_confusion" not in lacu[0]  # the default target rule: the nearest, no detector
+    assert "target_confusion" not in lacu[0]  # target_check "none": the nearest, no detector
     cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
     assert cfg["model"] == "text" and cfg["model_path"] == lacu[0]["model_dir"]
 

@@ -210,13 +210,13 @@ def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class (default: 50)")
     parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
     parser.add_argument("--lam-unl", type=float, default=None, help="LACU: weight of the mapping term")
-    parser.add_argument("--lam-pres", type=float, default=None, help="LACU: weight of the replay term")
+    parser.add_argument("--lam-pres", type=float, default=None, help="LACU: weight of the replay term (default 8)")
     parser.add_argument("--lam-reg", type=float, default=None, help="LACU (and l2): weight of the L2 anchor")
     parser.add_argument("--replay", type=int, default=None, help="LACU: nearest retained classes replayed")
     parser.add_argument("--eta", type=float, default=None, help="LACU: push-away weight of the mapping (0: plain)")
     parser.add_argument("--target-check", default=None, choices=["detector", "none"],
-                        help="LACU: take the nearest admissible mapping target (none, default) or skip a near one "
-                             "whose own samples the concept detector reads as the forgotten class (detector)")
+                        help="LACU: skip a near mapping target whose own samples the concept detector reads as "
+                             "the forgotten class (detector, default) or take the nearest admissible one (none)")
     parser.add_argument("--max-confusion", type=float, default=None,
                         help="LACU: the detector's largest share of a target's samples read as the forgotten class "
                              "(default 0.025)")
