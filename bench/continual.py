@@ -32,6 +32,25 @@ from unlearn_fast.continual import (  # noqa: E402
 from unlearn_fast.eval.metrics import EvalSettings  # noqa: E402
 
 
+def merge_reports(report: dict, path: str) -> dict:
+    """``report`` plus the methods of the report at ``path`` that it lacks (same sequence,
+    evaluation and original model), each marked with the command that produced it."""
+    old = load_report(path)
+    if old["sequence"] != report["sequence"] or old["settings"]["eval"] != report["settings"]["eval"] \
+            or old["original"]["per_class_acc"] != report["original"]["per_class_acc"]:
+        raise SystemExit(f"--merge: {path} has another sequence, evaluation or original model")
+    for method, res in old["methods"].items():
+        if method not in report["methods"]:
+            report["methods"][method] = {**res, "merged_from": old.get("command", path)}
+            if method == "l2":
+                report["settings"]["l2_anchor"] = old["settings"]["l2_anchor"]
+    report["settings"]["merged"] = {"report": os.path.relpath(path, ROOT), "command": old.get("command"),
+                                    "settings": old["settings"]}
+    report["methods"] = dict(sorted(report["methods"].items(), key=lambda kv: CONTINUAL_METHODS.index(kv[0])))
+    report["acceptance"] = acceptance(report)
+    return report
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequence", default="3,8,5,1,9", help="classes to erase, in order")
@@ -52,6 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", default=None, metavar="REPORT",
                         help="an earlier report of the same sequence and evaluation: its methods not run now are "
                              "added to the table and plot (e.g. keep the baselines while re-running lacu)")
+    parser.add_argument("--reuse", default=None, metavar="REPORT",
+                        help="run nothing: take this report (its own command kept), merge --merge into it and write "
+                             "it to --results")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -63,22 +85,13 @@ def main(argv=None) -> int:
                           lr=args.lacu_lr, replay=args.replay),
         threads=args.threads)
     start = time.perf_counter()
-    report = run_continual(settings)
-    report["command"] = "python bench/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.reuse:  # a report written earlier by this script, e.g. from a run with --results elsewhere
+        report = load_report(args.reuse)
+    else:
+        report = run_continual(settings)
+        report["command"] = "python bench/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.merge:
-        old = load_report(args.merge)
-        if old["sequence"] != report["sequence"] or old["settings"]["eval"] != report["settings"]["eval"] \
-                or old["original"]["per_class_acc"] != report["original"]["per_class_acc"]:
-            raise SystemExit(f"--merge: {args.merge} has another sequence, evaluation or original model")
-        for method, res in old["methods"].items():
-            if method not in report["methods"]:
-                report["methods"][method] = {**res, "merged_from": old.get("command", args.merge)}
-                if method == "l2":
-                    report["settings"]["l2_anchor"] = old["settings"]["l2_anchor"]
-        report["settings"]["merged"] = {"report": os.path.relpath(args.merge, ROOT),
-                                        "command": old.get("command"), "settings": old["settings"]}
-        report["methods"] = dict(sorted(report["methods"].items(), key=lambda kv: CONTINUAL_METHODS.index(kv[0])))
-        report["acceptance"] = acceptance(report)
+        report = merge_reports(report, args.merge)
     write_report(report, os.path.join(args.results, "report.json"), args.results)
     print()
     print(markdown_table(report))

@@ -8,7 +8,7 @@ samples per class, seed 1234) and a second UA probe of the erased classes with a
 (``--probe-per-class``, ``--probe-seed``), since at 50 samples one sample is 2 points of UA.
 Prints one JSON line per variant.
 
-    python bench/continual_last_request.py bench/results/continual/5-0-9-4-7/report.json \\
+    python bench/continual_last_request.py bench/results/continual/tried-nearest/5-0-9-4-7/report.json \\
         --set pool_size=256 --set eta=0.25
 """
 

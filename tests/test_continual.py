@@ -459,3 +459,34 @@ def test_last_request_probe_checks_its_arguments(tmp_path):
     report.write_text(json.dumps({"settings": {"model_kind": "text"}, "methods": {"lacu": {"steps": steps}}}))
     with pytest.raises(SystemExit, match="expected a class-model report with a lacu run"):
         probe.main([str(report)])
+
+
+def test_bench_merges_baselines_into_a_reused_report(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "continual.py")
+    spec = importlib.util.spec_from_file_location("bench_continual", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shipped = bench.load_report(os.path.join(bench.ROOT, "bench", "results", "continual", "5-7-3-1-2", "report.json"))
+    lacu_only = {**shipped, "command": "run lacu", "methods": {"lacu": shipped["methods"]["lacu"]}}
+    both = {**shipped, "command": "run both",
+            "methods": {m: {k: v for k, v in res.items() if k != "merged_from"} for m, res in shipped["methods"].items()}}
+    both["methods"]["lacu"] = {"steps": shipped["methods"]["lacu"]["steps"][:1]}  # not the one to keep
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    new.write_text(json.dumps(lacu_only))
+    old.write_text(json.dumps(both))
+    out = tmp_path / "results"
+    assert bench.main(["--reuse", str(new), "--merge", str(old), "--results", str(out)]) == 0
+    report = json.load(open(out / "report.json"))
+    assert list(report["methods"]) == ["lacu", "naive"]  # CONTINUAL_METHODS order
+    assert report["command"] == "run lacu"  # the reused run's own command, not the merge's
+    assert report["methods"]["lacu"] == shipped["methods"]["lacu"]  # the reused run's lacu, not the merged one's
+    assert report["methods"]["naive"]["merged_from"] == "run both"
+    assert report["methods"]["naive"]["steps"] == shipped["methods"]["naive"]["steps"]
+    assert report["acceptance"] == bench.acceptance(shipped)
+    assert "| naive | 5 | 5,7,3,1,2 |" in (out / "table.md").read_text()
+    both["sequence"] = [5, 7, 3, 1, 9]
+    old.write_text(json.dumps(both))
+    with pytest.raises(SystemExit, match="--merge: .* has another sequence, evaluation or original model"):
+        bench.main(["--reuse", str(new), "--merge", str(old), "--results", str(out)])
