@@ -1,6 +1,7 @@
 // Autograd for unlearn_fast::fused_eps_loss, in C++ so a training step pays no Python
 // overhead for it: the forward already computed the gradient for pred, the backward only
-// scales it by grad_output (a fresh tensor, so a second backward stays correct).
+// scales it by grad_output and rounds it to pred's dtype (scale_saved_grad; the saved
+// buffer itself is never modified, so a second backward stays correct).
 #include <torch/autograd.h>
 
 #include "fused_eps_loss.h"
@@ -26,13 +27,15 @@ class FusedEpsLossFunction : public torch::autograd::Function<FusedEpsLossFuncti
     ctx->save_for_backward({grad});
     ctx->saved_data["compute_grad"] = compute_grad;
     ctx->saved_data["num_others"] = static_cast<int64_t>(others.size());
+    ctx->saved_data["dtype"] = pred.scalar_type();
     return {loss, dist, grad};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     at::Tensor grad_pred;
     if (ctx->saved_data["compute_grad"].toBool() && grad_outputs[0].defined()) {
-      grad_pred = ctx->get_saved_variables()[0] * grad_outputs[0];
+      grad_pred = scale_saved_grad(ctx->get_saved_variables()[0], grad_outputs[0],
+                                   ctx->saved_data["dtype"].toScalarType());
     }
     // one entry per forward argument: pred, others, coeffs, weights, sum_reduction, compute_grad
     return {grad_pred, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -20,9 +20,13 @@
 //   dist     [B, M] contiguous, acc dtype:  scale * sum_j r_m[b,j]^2,
 //            r_m[b,j] = sum_k coeffs[b,m,k] * X_k[b,j]  (X_0 = pred, X_k = others[k-1]),
 //            scale = 1 (sum_reduction) or 1/D (mean).
-//   grad_pred  if compute_grad: pred's shape and dtype, pred's inner strides, batch
+//   grad_pred  if compute_grad: pred's shape, the acc dtype, pred's inner strides, batch
 //            stride D:  sum_m 2 * scale * weights[b,m] * coeffs[b,m,0] * r_m[b,j].
-//            Otherwise an empty tensor [0] of pred's dtype.
+//            Otherwise an empty tensor [0] of the acc dtype. It stays in the acc dtype
+//            so the backward rounds to pred's dtype once, after scaling by grad_output:
+//            a float16 gradient of a mean over D elements is ~2/D, below float16's
+//            normal range before a loss scale (GradScaler's 65536) lifts it.
+// Backward (scale_saved_grad): grad_output * grad_pred, rounded once to pred's dtype.
 // Partial sums are combined in a fixed order, independent of the thread count, so
 // results are bit-identical from run to run.
 #pragma once
@@ -39,8 +43,14 @@ constexpr int64_t kMaxHeads = 8;    // M <= 8
 int64_t check_fused_eps_loss_inputs(const at::Tensor& pred, const std::vector<at::Tensor>& others,
                                     const at::Tensor& coeffs, const at::Tensor& weights);
 
-// The gradient buffer: pred's inner strides, batch stride D (dense).
+// The gradient buffer: pred's inner strides, batch stride D (dense), the acc dtype.
 at::Tensor empty_grad_like(const at::Tensor& pred, int64_t D);
+
+// The backward: saved (the acc-dtype gradient for a unit grad_output) times grad_output,
+// rounded once into `dtype` (pred's). A float32 `saved` with grad_output == 1 on the CPU is
+// returned as it is (no pass over memory); on a GPU the multiply always runs (reading the
+// value would be a host sync).
+at::Tensor scale_saved_grad(const at::Tensor& saved, const at::Tensor& grad_output, at::ScalarType dtype);
 
 // What a device kernel does: fill dist [B, M] (and grad when not null) for B > 0, D > 0.
 using KernelLauncher = std::function<void(int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad)>;

@@ -23,7 +23,7 @@ constexpr int64_t kChunk = 4096;    // elements per task: fixed, so results do n
 // One block of kLanes (kFull) or fewer elements starting at j0.
 template <bool kFull, typename scalar_t, typename acc_t>
 inline void block(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c, const acc_t* gcoef,
-                  int64_t j0, int64_t len, scalar_t* grad, acc_t (*sums)[kLanes]) {
+                  int64_t j0, int64_t len, acc_t* grad, acc_t (*sums)[kLanes]) {
   acc_t xv[kMaxTensors][kLanes];
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t l = 0; l < kLanes; ++l) {
@@ -44,7 +44,7 @@ inline void block(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c
     for (int64_t l = 0; l < kLanes; ++l) g[l] += gm * r[l];
   }
   if (grad != nullptr) {
-    for (int64_t l = 0; l < (kFull ? kLanes : len); ++l) grad[j0 + l] = static_cast<scalar_t>(g[l]);
+    for (int64_t l = 0; l < (kFull ? kLanes : len); ++l) grad[j0 + l] = g[l];
   }
 }
 
@@ -52,7 +52,7 @@ inline void block(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c
 // Generic version: K and M known at run time.
 template <typename scalar_t, typename acc_t>
 void chunk(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c, const acc_t* gcoef, int64_t n,
-           scalar_t* grad, acc_t* out_sums) {
+           acc_t* grad, acc_t* out_sums) {
   acc_t sums[kMaxHeads][kLanes] = {};
   int64_t j0 = 0;
   for (; j0 + kLanes <= n; j0 += kLanes) block<true>(x, K, M, c, gcoef, j0, kLanes, grad, sums);
@@ -76,7 +76,7 @@ void chunk(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c, const
 #define UF_FIXED_CHUNK(NAME, ATTRIBUTES)                                                              \
   template <int K, int M, bool kGrad, typename scalar_t, typename acc_t>                              \
   ATTRIBUTES void NAME(const scalar_t* const* x, const acc_t* c, const acc_t* gcoef, int64_t n,        \
-                       scalar_t* __restrict__ grad, acc_t* out_sums) {                                \
+                       acc_t* __restrict__ grad, acc_t* out_sums) {                                   \
     typedef acc_t vec __attribute__((vector_size(32)));                                               \
     typedef acc_t unaligned_vec __attribute__((vector_size(32), aligned(alignof(acc_t))));           \
     constexpr int W = 32 / sizeof(acc_t);                                                             \
@@ -104,13 +104,7 @@ void chunk(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c, const
         acc[m] += r * r;                                                                              \
         g += gv[m] * r;                                                                               \
       }                                                                                               \
-      if constexpr (kGrad) {                                                                          \
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {                                              \
-          *reinterpret_cast<unaligned_vec*>(grad + j) = g;                                            \
-        } else {                                                                                      \
-          for (int l = 0; l < W; ++l) grad[j + l] = static_cast<scalar_t>(g[l]);                      \
-        }                                                                                             \
-      }                                                                                               \
+      if constexpr (kGrad) *reinterpret_cast<unaligned_vec*>(grad + j) = g; /* acc dtype */            \
     }                                                                                                 \
     acc_t tail[M] = {};                                                                               \
     for (int64_t j = full; j < n; ++j) { /* the ragged tail, element by element */                    \
@@ -121,7 +115,7 @@ void chunk(const scalar_t* const* x, int64_t K, int64_t M, const acc_t* c, const
         tail[m] += r * r;                                                                             \
         g += gcoef[m] * r;                                                                            \
       }                                                                                               \
-      if constexpr (kGrad) grad[j] = static_cast<scalar_t>(g);                                        \
+      if constexpr (kGrad) grad[j] = g;                                                               \
     }                                                                                                 \
     for (int m = 0; m < M; ++m) {                                                                     \
       acc_t s = tail[m];                                                                              \
@@ -134,7 +128,7 @@ UF_FIXED_CHUNK(chunk_fixed_base, )
 
 template <int K, int M, typename scalar_t, typename acc_t>
 void chunk_fixed(const scalar_t* const* x, int64_t, int64_t, const acc_t* c, const acc_t* gcoef, int64_t n,
-                 scalar_t* grad, acc_t* out_sums) {
+                 acc_t* grad, acc_t* out_sums) {
   if (grad != nullptr) {
     chunk_fixed_base<K, M, true>(x, c, gcoef, n, grad, out_sums);
   } else {
@@ -148,7 +142,7 @@ UF_FIXED_CHUNK(chunk_fixed_avx2_body, __attribute__((target("avx2,fma,f16c"))))
 
 template <int K, int M, typename scalar_t, typename acc_t>
 void chunk_fixed_avx2(const scalar_t* const* x, int64_t, int64_t, const acc_t* c, const acc_t* gcoef, int64_t n,
-                      scalar_t* grad, acc_t* out_sums) {
+                      acc_t* grad, acc_t* out_sums) {
   if (grad != nullptr) {
     chunk_fixed_avx2_body<K, M, true>(x, c, gcoef, n, grad, out_sums);
   } else {
@@ -166,7 +160,7 @@ bool cpu_has_avx2() {
 #undef UF_FIXED_CHUNK
 
 template <typename scalar_t, typename acc_t>
-using ChunkFn = void (*)(const scalar_t* const*, int64_t, int64_t, const acc_t*, const acc_t*, int64_t, scalar_t*,
+using ChunkFn = void (*)(const scalar_t* const*, int64_t, int64_t, const acc_t*, const acc_t*, int64_t, acc_t*,
                          acc_t*);
 
 // The compile-time version for K <= 4, M <= 3; the generic one otherwise.
@@ -210,7 +204,7 @@ void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at
   }
   const acc_t* c_ptr = coeffs.const_data_ptr<acc_t>();
   const acc_t* w_ptr = weights.const_data_ptr<acc_t>();
-  scalar_t* g_ptr = grad != nullptr ? grad->mutable_data_ptr<scalar_t>() : nullptr;
+  acc_t* g_ptr = grad != nullptr ? grad->mutable_data_ptr<acc_t>() : nullptr;
   std::vector<acc_t> partial(B * n_chunks * M);
 
   const auto chunk_fn = pick_chunk<scalar_t, acc_t>(K, M);

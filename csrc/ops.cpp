@@ -1,6 +1,7 @@
 // The op library: the schema, the checks every backend shares, and the Python module
 // stub that lets `import unlearn_fast._C` load the library (which registers the ops).
 #include <Python.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
 #include <cmath>
@@ -85,7 +86,29 @@ int64_t check_fused_eps_loss_inputs(const at::Tensor& pred, const std::vector<at
 at::Tensor empty_grad_like(const at::Tensor& pred, int64_t D) {
   std::vector<int64_t> strides(pred.strides().begin(), pred.strides().end());
   strides[0] = D;
-  return at::empty_strided(pred.sizes(), strides, pred.options());
+  const auto acc = pred.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::empty_strided(pred.sizes(), strides, pred.options().dtype(acc));
+}
+
+namespace {
+
+// A CPU tensor holding one real value (not a fake or functional tensor being traced by
+// torch.compile, and no Python dispatch mode active): reading it costs nothing.
+bool readable_cpu_scalar(const at::Tensor& t) {
+  if (!t.device().is_cpu() || t.numel() != 1 || c10::impl::dispatch_mode_enabled()) return false;
+  const auto keys = t.key_set();
+  return !keys.has(c10::DispatchKey::Python) && !keys.has(c10::DispatchKey::Functionalize);
+}
+
+}  // namespace
+
+at::Tensor scale_saved_grad(const at::Tensor& saved, const at::Tensor& grad_output, at::ScalarType dtype) {
+  if (saved.scalar_type() == dtype && saved.device().is_cpu() && readable_cpu_scalar(grad_output) &&
+      grad_output.item<double>() == 1.0) {
+    return saved;  // loss.backward(): the gradient is the saved buffer itself
+  }
+  at::Tensor out = at::empty_strided(saved.sizes(), saved.strides(), saved.options().dtype(dtype));
+  return at::mul_out(out, saved, grad_output);  // computed in the acc dtype, rounded once
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_frame(

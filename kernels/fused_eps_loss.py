@@ -33,7 +33,7 @@ def _fused_eps_loss_kernel(
     s0, s1, s2, s3, s4, s5, s6, s7,  # their batch strides, in elements
     coeff_ptr, coeff_stride,  # coeffs [Bc, M, K]; coeff_stride = 0 when shared (Bc == 1)
     weight_ptr,  # weights [B, M]
-    grad_ptr,  # grad [B, D] (batch stride D), only touched when COMPUTE_GRAD
+    grad_ptr,  # grad [B, D] (batch stride D), acc dtype, only touched when COMPUTE_GRAD
     partial_ptr,  # partial [B, n_chunks, M], acc dtype
     D, n_chunks,
     K: tl.constexpr, M: tl.constexpr, M_PAD: tl.constexpr,
@@ -85,7 +85,7 @@ def _fused_eps_loss_kernel(
         sq += r * r
         if COMPUTE_GRAD:
             g = tl.sum(gcoef[:, None] * r, axis=0)  # sum over heads
-            tl.store(grad_ptr + b * D + offs, g.to(grad_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_ptr + b * D + offs, g, mask=mask)
 
     sums = tl.sum(sq, axis=1)  # [M_PAD]
     tl.store(partial_ptr + (b * n_chunks + chunk) * M + heads, sums, mask=head_mask)
@@ -125,10 +125,11 @@ def fused_eps_loss_triton(
     # Mean over zero elements is 0/0, as in F.mse_loss.
     scale = 1.0 if sum_reduction else (1.0 / D if D > 0 else math.nan)
 
+    # The gradient stays in the acc dtype: the backward rounds it after scaling (see ops.py).
     if compute_grad:
-        grad = torch.empty_strided(pred.shape, (D, *pred.stride()[1:]), dtype=pred.dtype, device=pred.device)
+        grad = torch.empty_strided(pred.shape, (D, *pred.stride()[1:]), dtype=weights.dtype, device=pred.device)
     else:
-        grad = pred.new_empty(0)
+        grad = pred.new_empty(0, dtype=weights.dtype)
 
     m_pad, chunk, block, num_warps = _launch_config(max(D, 1), M)
     n_chunks = triton.cdiv(D, chunk)

@@ -136,6 +136,58 @@ def test_dtypes(backend, reduction, per_sample):
         compare(backend, *make((3, 4, 5, 7), 3, 2, dtype, per_sample, device_of(backend)), reduction)
 
 
+def _loss_scaled_gradient(backend, dtype, device, scale=2.0**16):
+    """fp16/bf16 AMP's case: an SD-latent-sized mean, weights 1/B, ``(loss * 65536).backward()``.
+
+    Returns the share of gradient elements outside rtol 2e-3 (bf16: 1e-2) of the float64
+    truth and their mean relative error.
+    """
+    pred, others, coeffs, weights = make((8, 4, 64, 64), 3, 2, dtype, device=device, seed=7)
+    weights = torch.full_like(weights, 1 / 8)
+    p = pred.detach().clone().requires_grad_()
+    loss, _ = fused_eps_loss(p, others, coeffs, weights, backend=backend)
+    (loss * scale).backward()
+    p64 = pred.detach().double().cpu().requires_grad_()
+    ref, _ = fused_eps_loss_reference(p64, [o.double().cpu() for o in others], coeffs.double().cpu(), weights.double().cpu())
+    (ref * scale).backward()
+    assert p.grad.dtype == dtype
+    got, truth = p.grad.double().cpu(), p64.grad
+    rel = (got - truth).abs() / truth.abs().clamp_min(1e-30)
+    rtol = 2e-3 if dtype == torch.float16 else 1e-2  # a few times half an ulp (2^-11, 2^-8)
+    outside = (~torch.isclose(got, truth, rtol=rtol, atol=0)).double().mean().item()
+    return outside, rel.mean().item()
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_low_precision_gradient_under_a_loss_scale(backend):
+    """The gradient is rounded to pred's dtype after grad_output scales it, not before."""
+    for dtype in [d for d in dtypes_of(backend) if d in (torch.float16, torch.bfloat16)]:
+        outside, mean_rel = _loss_scaled_gradient(backend, dtype, device_of(backend))
+        ref_outside, ref_mean_rel = _loss_scaled_gradient("reference", dtype, device_of(backend))
+        assert ref_outside < 1e-3  # the truth rounded once
+        assert outside <= ref_outside + 1e-4, (dtype, outside, ref_outside)
+        assert mean_rel <= 1.05 * ref_mean_rel + 1e-7, (dtype, mean_rel, ref_mean_rel)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_second_backward_and_unit_grad_output(backend, dtype):
+    """grad_output 1 may hand back the saved buffer; a retained graph's second backward is exact."""
+    pred, others, coeffs, weights = make((3, 4, 5, 7), 3, 2, dtype, device=device_of(backend))
+    p = pred.detach().clone().requires_grad_()
+    loss, _ = fused_eps_loss(p, others, coeffs, weights, backend=backend)
+    loss.backward(retain_graph=True)
+    first = p.grad.clone()
+    p.grad.mul_(-3.0)  # the user edits the gradient in place (clipping, a hook)
+    p.grad = None
+    (loss * 3.0).backward(retain_graph=True)
+    tol = dict(rtol=1e-3, atol=1e-7) if dtype == torch.float16 else dict(rtol=1e-6, atol=0)
+    torch.testing.assert_close(p.grad, first * 3.0, **tol)  # fp16: `first` was rounded before * 3
+    p.grad = None
+    loss.backward()
+    assert torch.equal(p.grad, first)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_zero_weights_and_zero_coefficients(backend):
     pred, others, coeffs, weights = make((4, 3, 5), 3, 3, device=device_of(backend))

@@ -9,7 +9,10 @@ argument), brings the tensors into the layout the kernels read, then calls
 - ``triton``: ``unlearn_fast::fused_eps_loss_triton``, a ``torch.library.triton_op``.
 
 The kernel ops return ``(loss, dist, grad_pred)``: the gradient is computed in the same
-pass as the loss, and the backward only scales it by ``grad_output``.
+pass as the loss and kept in the arithmetic dtype (float32, float64 for float64 inputs);
+the backward scales it by ``grad_output`` and rounds it to ``pred``'s dtype once. (Rounded
+before the scaling, a float16 gradient of a mean over an SD latent, about ``2/D``, would
+fall below float16's normal range before a ``GradScaler`` could lift it.)
 
 Layout. The kernels read each sample as one dense block of memory, the same way for
 every tensor. A tensor whose per-sample block is dense (a contiguous or channels-last
@@ -205,15 +208,16 @@ def _fake_outputs(pred, coeffs, compute_grad):
     dist = pred.new_empty((pred.shape[0], coeffs.shape[1]), dtype=acc)
     if compute_grad:
         D = math.prod(pred.shape[1:])
-        grad = torch.empty_strided(pred.shape, (D, *pred.stride()[1:]), dtype=pred.dtype, device=pred.device)
+        grad = torch.empty_strided(pred.shape, (D, *pred.stride()[1:]), dtype=acc, device=pred.device)
     else:
-        grad = pred.new_empty(0)
+        grad = pred.new_empty(0, dtype=acc)
     return loss, dist, grad
 
 
 def _setup_context(ctx, inputs, output):
     ctx.compute_grad = inputs[5]
     ctx.num_others = len(inputs[1])
+    ctx.pred_dtype = inputs[0].dtype
     ctx.save_for_backward(output[2])
 
 
@@ -222,7 +226,10 @@ def _backward(ctx, grad_loss, grad_dist, grad_buffer):
     grad_pred = None
     if ctx.compute_grad and grad_loss is not None:
         (saved_grad,) = ctx.saved_tensors
-        grad_pred = saved_grad * grad_loss  # a fresh tensor: a second backward stays correct
+        # scaled in the acc dtype, rounded once into pred's dtype; a fresh tensor, so a
+        # second backward stays correct (the C++ op's scale_saved_grad does the same)
+        grad_pred = torch.empty_like(saved_grad, dtype=ctx.pred_dtype)
+        torch.mul(saved_grad, grad_loss, out=grad_pred)
     return grad_pred, [None] * ctx.num_others, None, None, None, None
 
 
@@ -287,8 +294,9 @@ def fused_eps_loss(
         (float64 for float64 inputs); ``dist``, ``[B, M]`` in the same dtype, detached.
         NaN and Inf propagate as in ``F.mse_loss``; ``B = 0`` gives a zero loss.
 
-    The kernels compute in float32 (float64 for float64 inputs) whatever the input dtype
-    and return the gradient in ``pred``'s dtype. See the module docstring for the one
+    The kernels compute in float32 (float64 for float64 inputs) whatever the input dtype;
+    the gradient reaching ``pred`` is scaled by ``grad_output`` in that dtype and rounded
+    to ``pred``'s dtype once (so a loss scale keeps float16 gradients accurate). See the module docstring for the one
     layout copy they may make.
     """
     _check_inputs(pred, others, coeffs, weights, reduction)

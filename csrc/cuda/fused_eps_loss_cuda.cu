@@ -41,7 +41,7 @@ template <typename scalar_t, typename acc_t>
 struct Params {
   const scalar_t* x[kMaxTensors];
   int64_t row_stride[kMaxTensors];
-  scalar_t* grad;  // batch stride D; nullptr without compute_grad
+  acc_t* grad;  // batch stride D, acc dtype; nullptr without compute_grad
   const acc_t* coeffs;
   int64_t coeff_stride;  // 0 when the coefficients are shared by all samples
   const acc_t* weights;
@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     fused_eps_loss_kernel(const Params<scalar_t, at::opmath_type<scalar_t>> p) {
   using acc_t = at::opmath_type<scalar_t>;
   using VecT = Vec<scalar_t, kVec>;
+  using GradVecT = Vec<acc_t, kVec>;  // the gradient is stored in the acc dtype
   // Vectors per thread per tensor in flight: K loads already overlap, so only few tensors
   // need a second vector to hide memory latency (and more would cost occupancy).
   constexpr int kIlp = kMaxK <= 4 ? 2 : 1;
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* x[kMaxK];
 #pragma unroll
   for (int k = 0; k < kMaxK; ++k) x[k] = k < K ? p.x[k] + b * p.row_stride[k] + start : nullptr;
-  scalar_t* const grad = p.grad != nullptr ? p.grad + b * p.D + start : nullptr;
+  acc_t* const grad = p.grad != nullptr ? p.grad + b * p.D + start : nullptr;
 
   acc_t sums[kMaxM];
 #pragma unroll
@@ -148,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kIlp; ++u) {
       const int v = v0 + u * kThreads;
       if (v < n_vec) {
-        VecT out;
+        GradVecT out;
 #pragma unroll
         for (int i0 = 0; i0 < kVec; i0 += kSub) {
           acc_t xa[kMaxK][kSub];
@@ -160,9 +161,9 @@ __global__ void __launch_bounds__(kThreads)
           acc_t g[kSub];
           heads<kMaxK, kMaxM>(xa, K, M, s_c, s_g, sums, g);
 #pragma unroll
-          for (int i = 0; i < kSub; ++i) out.v[i0 + i] = static_cast<scalar_t>(g[i]);
+          for (int i = 0; i < kSub; ++i) out.v[i0 + i] = g[i];
         }
-        if (grad != nullptr) reinterpret_cast<VecT*>(grad)[v] = out;
+        if (grad != nullptr) reinterpret_cast<GradVecT*>(grad)[v] = out;
       }
     }
   }
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < kMaxK; ++k) xa[k][0] = k < K ? static_cast<acc_t>(x[k][j]) : acc_t(0);
       acc_t g[1];
       heads<kMaxK, kMaxM>(xa, K, M, s_c, s_g, sums, g);
-      if (grad != nullptr) grad[j] = static_cast<scalar_t>(g[0]);
+      if (grad != nullptr) grad[j] = g[0];
     }
   }
 
@@ -245,8 +246,8 @@ void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at
     p.row_stride[k] = t.stride(0);
     vec_ok = vec_ok && aligned_for<scalar_t>(p.x[k], B > 1 ? p.row_stride[k] : 0, kVecMax);
   }
-  p.grad = grad != nullptr ? grad->mutable_data_ptr<scalar_t>() : nullptr;
-  if (grad != nullptr) vec_ok = vec_ok && aligned_for<scalar_t>(p.grad, B > 1 ? D : 0, kVecMax);
+  p.grad = grad != nullptr ? grad->mutable_data_ptr<acc_t>() : nullptr;
+  if (grad != nullptr) vec_ok = vec_ok && aligned_for<acc_t>(p.grad, B > 1 ? D : 0, kVecMax);
   const int vec = vec_ok ? kVecMax : 1;
 
   // Chunks are whole tiles of kThreads vectors (so chunk starts keep the alignment), sized
