@@ -181,3 +181,31 @@ def test_model_path_that_is_a_file_or_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^path: class DDPM not found at .*no_model \(expected a "
                                                 r"diffusers folder with config.json\)"):
         load_class_ddpm(str(tmp_path / "no_model"))
+
+
+# --- an incomplete installation: a missing embedded asset -------------------------------------------
+
+
+@pytest.mark.parametrize("model, relative", [("class", "class_ddpm/diffusion_pytorch_model.safetensors"),
+                                             ("text", "text_ddpm/text_encoder/model.safetensors"),
+                                             ("class", "classifier.safetensors")])
+def test_missing_asset_names_the_file_and_version(tmp_path, monkeypatch, capsys, model, relative):
+    """A wheel without an asset: one error line naming the file and the version, exit 2, no hint to retrain."""
+    import shutil
+
+    import unlearn_fast
+    from unlearn_fast import asset_files
+    from unlearn_fast.cli import main
+
+    copy = tmp_path / "assets"
+    shutil.copytree(asset_files.ASSETS_DIR, copy)
+    (copy / relative).unlink()
+    monkeypatch.setattr(asset_files, "ASSETS_DIR", str(copy))
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--model", model, "--steps", "1", "--per-class", "1", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"unlearn-fast demo: error: unlearn_fast/assets/{relative}: embedded asset missing "
+                             f"from unlearn_fast {unlearn_fast.__version__}")
+    assert "train" not in err[0] and "Traceback" not in err[0]

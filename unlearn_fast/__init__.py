@@ -5,14 +5,14 @@ the MSE line of the diffusers training scripts; ``timestep_weights`` builds the
 per-timestep weight tables (simple, KL in nats, ELBO, SNR, min-SNR).
 """
 
+from ._version import __version__
 from .losses import FusedEpsLoss, FusedMSELoss, mse_loss
 from .ops import backends, fused_eps_loss
 from .reference import fused_eps_loss_reference
 from .schedules import timestep_weights
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "FusedEpsLoss",
     "FusedMSELoss",
     "backends",

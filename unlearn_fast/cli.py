@@ -21,6 +21,7 @@ import sys
 import typing
 from typing import Callable, Literal, Union
 
+from .asset_files import MissingAssetError
 from .config import ConfigError, TrainConfig, load_train_config
 
 # --- train -----------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     _, run, _ = SUBCOMMANDS[args.command]
     try:
         return int(run(args) or 0)
-    except ConfigError as e:
+    except (ConfigError, MissingAssetError) as e:  # a bad setting; an incomplete installation
         parser.exit(2, f"unlearn-fast {args.command}: error: {e}\n")
 
 

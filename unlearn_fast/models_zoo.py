@@ -21,7 +21,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+from .asset_files import ASSETS_DIR, require_embedded
+
 CLASS_DDPM_DIR = os.path.join(ASSETS_DIR, "class_ddpm")
 
 #: digits 0..9 plus the null class
@@ -121,11 +122,10 @@ def load_class_ddpm(
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
-    path = path or CLASS_DDPM_DIR
+    path = path or require_embedded("class_ddpm")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise FileNotFoundError(
-            f"path: class DDPM not found at {path} (expected a diffusers folder with config.json); "
-            "train it with scripts/pretrain_class_ddpm.py"
+            f"path: class DDPM not found at {path} (expected a diffusers folder with config.json)"
         )
     use_safetensors = weights_use_safetensors(path, allow_pickle, what="path")
     unet = UNet2DModel.from_pretrained(path, local_files_only=True, use_safetensors=use_safetensors,
@@ -326,9 +326,12 @@ def load_text_ddpm(
 
     from .models import TextConditionalUNet
 
-    path = path or TEXT_DDPM_DIR
+    path = path or require_embedded("text_ddpm")
     if not os.path.exists(os.path.join(path, "unet", "config.json")):
-        raise FileNotFoundError(f"text DDPM not found at {path}; train it with scripts/pretrain_text_ddpm.py")
+        raise FileNotFoundError(
+            f"path: text DDPM not found at {path} (expected a folder with unet/config.json, "
+            "as scripts/pretrain_text_ddpm.py writes)"
+        )
     unet = UNet2DConditionModel.from_pretrained(
         path, subfolder="unet", local_files_only=True, torch_dtype=dtype,
         use_safetensors=weights_use_safetensors(os.path.join(path, "unet"), allow_pickle, what="path"))

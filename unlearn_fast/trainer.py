@@ -103,9 +103,9 @@ def model_kind(config: TrainConfig) -> str:
 
 
 def _text_model_dir(config: TrainConfig) -> str:
-    from .models_zoo import TEXT_DDPM_DIR
+    from .asset_files import require_embedded
 
-    return config.model_path or TEXT_DDPM_DIR  # None: the embedded text DDPM
+    return config.model_path or require_embedded("text_ddpm")  # None: the embedded text DDPM
 
 
 def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, object, str]:

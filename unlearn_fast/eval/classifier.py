@@ -18,7 +18,8 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+from ..asset_files import ASSETS_DIR, require_embedded
+
 CLASSIFIER_WEIGHTS_FILE = os.path.join(ASSETS_DIR, "classifier.safetensors")
 CLASSIFIER_CONFIG_FILE = os.path.join(ASSETS_DIR, "classifier_config.json")
 # the concept detector of continual unlearning's target checks: trained like the classifier
@@ -98,13 +99,16 @@ def load_classifier(
     """The shipped classifier, in eval mode with gradients off (no download)."""
     from safetensors.torch import load_file
 
+    if weights is None or weights in (CLASSIFIER_WEIGHTS_FILE, DETECTOR_WEIGHTS_FILE):
+        require_embedded("classifier" if weights is None or weights == CLASSIFIER_WEIGHTS_FILE else "detector")
     weights = weights or CLASSIFIER_WEIGHTS_FILE
     config = config or (
         CLASSIFIER_CONFIG_FILE if weights == CLASSIFIER_WEIGHTS_FILE else os.path.splitext(weights)[0] + "_config.json"
     )
     if not os.path.exists(weights):
         raise FileNotFoundError(
-            f"classifier weights not found at {weights}; train them with scripts/train_classifier.py"
+            f"weights: classifier weights not found at {weights} (expected a safetensors file, "
+            "as scripts/train_classifier.py writes)"
         )
     cfg = {}
     if os.path.exists(config):

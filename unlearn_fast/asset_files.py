@@ -1,0 +1,49 @@
+"""Where the embedded models' files live in the installed package, and the error for a missing one."""
+
+from __future__ import annotations
+
+import os
+
+from ._version import __version__
+
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+#: the files each embedded model needs, relative to ``ASSETS_DIR``
+REQUIRED = {
+    "class_ddpm": ("class_ddpm/config.json", "class_ddpm/diffusion_pytorch_model.safetensors"),
+    "text_ddpm": (
+        "text_ddpm/unet/config.json",
+        "text_ddpm/unet/diffusion_pytorch_model.safetensors",
+        "text_ddpm/text_encoder/config.json",
+        "text_ddpm/text_encoder/model.safetensors",
+        "text_ddpm/tokenizer/tokenizer_config.json",
+        "text_ddpm/tokenizer/tokenizer.json",
+    ),
+    "classifier": ("classifier.safetensors", "classifier_config.json"),
+    "detector": ("detector.safetensors", "detector_config.json"),
+}
+
+
+class MissingAssetError(FileNotFoundError):
+    """A file of an embedded model is not in the installed package."""
+
+
+def asset_path(relative: str) -> str:
+    """The absolute path of ``unlearn_fast/assets/<relative>``; a clear error if it is missing."""
+    path = os.path.join(ASSETS_DIR, *relative.split("/"))
+    if not os.path.isfile(path):
+        raise MissingAssetError(
+            f"unlearn_fast/assets/{relative}: embedded asset missing from unlearn_fast {__version__} "
+            f"(looked for {path}); this installation is incomplete: reinstall unlearn_fast {__version__}"
+        )
+    return path
+
+
+def require_embedded(name: str) -> str:
+    """Checks every file of embedded model ``name`` (a key of ``REQUIRED``); returns its folder."""
+    if name not in REQUIRED:
+        raise ValueError(f"name: expected one of {sorted(REQUIRED)}, got {name!r}")
+    for relative in REQUIRED[name]:
+        asset_path(relative)
+    first = REQUIRED[name][0]
+    return os.path.join(ASSETS_DIR, first.split("/")[0]) if "/" in first else ASSETS_DIR  # a model's folder
