@@ -12,6 +12,7 @@ it can run inside a ``torch.library.triton_op`` traced by ``torch.compile(fullgr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -21,7 +22,10 @@ import triton.language as tl
 
 MAX_TENSORS = 8  # K <= 8, as kMaxTensors in csrc/fused_eps_loss.h
 MAX_HEADS = 8  # M <= 8, as kMaxHeads
-CHUNK = 16384  # elements per program: enough work per program, and B x D/CHUNK programs
+# Programs to aim for in all, as the CUDA kernel's kTargetBlocks: a fixed number, not read
+# from the device, so the chunking (and the summation order) depends on B and D only.
+TARGET_PROGRAMS = 1024
+CHUNK_MIN = 1024  # elements per program at least: each program still streams whole tiles
 MAX_CHUNKS = 65535  # CUDA's limit on grid axis 1 (the chunk axis)
 TILE = 8192  # M_PAD * BLOCK: bounds the residual tile kept in registers
 BLOCK_MIN, BLOCK_MAX = 1024, 4096  # elements per tile: wide loads, a few tiles per chunk
@@ -91,16 +95,28 @@ def _fused_eps_loss_kernel(
     tl.store(partial_ptr + (b * n_chunks + chunk) * M + heads, sums, mask=head_mask)
 
 
-def _launch_config(D: int, M: int) -> tuple[int, int, int, int]:
-    """(M_PAD, CHUNK, BLOCK, num_warps) for samples of D elements and M heads."""
+def _launch_config(B: int, D: int, M: int) -> tuple[int, int, int, int]:
+    """(M_PAD, CHUNK, BLOCK, num_warps) for B samples of D elements and M heads.
+
+    The chunk is a power of two (few compiled variants) sized so that B x D / CHUNK comes
+    to about ``TARGET_PROGRAMS`` (between half and all of it), at least ``CHUNK_MIN``
+    elements, and large enough that the chunk axis stays within CUDA's grid limit.
+    """
     m_pad = triton.next_power_of_2(M)
-    # Grow the chunk for huge samples so the chunk axis stays within CUDA's grid limit.
-    chunk = max(CHUNK, triton.next_power_of_2(triton.cdiv(D, MAX_CHUNKS)))
+    per_sample = max(1, triton.cdiv(TARGET_PROGRAMS, max(B, 1)))
+    chunk = max(CHUNK_MIN, triton.next_power_of_2(triton.cdiv(D, per_sample)))
+    chunk = max(chunk, triton.next_power_of_2(triton.cdiv(D, MAX_CHUNKS)))
     chunk = min(chunk, triton.next_power_of_2(D))  # small samples: one short chunk
     # The [M_PAD, BLOCK] residual tile lives in registers: fewer elements per tile for more heads.
     block = min(max(TILE // m_pad, BLOCK_MIN), BLOCK_MAX, chunk)
     num_warps = 8 if block * m_pad >= TILE else 4
     return m_pad, chunk, block, num_warps
+
+
+def device_guard(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device (tensors on cuda:1 while cuda:0 is
+    current must launch on cuda:1), a no-op context otherwise (the CPU interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def fused_eps_loss_triton(
@@ -131,20 +147,21 @@ def fused_eps_loss_triton(
     else:
         grad = pred.new_empty(0, dtype=weights.dtype)
 
-    m_pad, chunk, block, num_warps = _launch_config(max(D, 1), M)
+    m_pad, chunk, block, num_warps = _launch_config(B, max(D, 1), M)
     n_chunks = triton.cdiv(D, chunk)
     partial = torch.empty((B, n_chunks, M), dtype=weights.dtype, device=pred.device)
     if B > 0 and n_chunks > 0:
         ptrs = xs + [pred] * (MAX_TENSORS - K)  # pred as a dummy for the unused slots
         strides = [x.stride(0) for x in ptrs]
-        torch.library.wrap_triton(_fused_eps_loss_kernel)[(B, n_chunks)](
-            *ptrs, *strides,
-            coeffs, 0 if coeffs.shape[0] == 1 else M * K,
-            weights, grad, partial, D, n_chunks,
-            K=K, M=M, M_PAD=m_pad, CHUNK=chunk, BLOCK=block,
-            SUM_REDUCTION=sum_reduction, COMPUTE_GRAD=compute_grad,
-            num_warps=num_warps,
-        )
+        with device_guard(pred.device):  # launch in pred's context, not the current device's
+            torch.library.wrap_triton(_fused_eps_loss_kernel)[(B, n_chunks)](
+                *ptrs, *strides,
+                coeffs, 0 if coeffs.shape[0] == 1 else M * K,
+                weights, grad, partial, D, n_chunks,
+                K=K, M=M, M_PAD=m_pad, CHUNK=chunk, BLOCK=block,
+                SUM_REDUCTION=sum_reduction, COMPUTE_GRAD=compute_grad,
+                num_warps=num_warps,
+            )
 
     # Fixed-order reduction over chunks, in float64 like the CPU kernel. With D == 0 the
     # sum is over an empty axis: 0 * scale, NaN for the mean.

@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+import triton
+
 from unlearn_fast.kernels import fused_eps_loss as fk
 
 # conftest.py sets TRITON_INTERPRET=1 without a GPU; with one, the kernel runs natively.
@@ -106,11 +108,42 @@ def test_permuted_inner_strides():
 def test_multiple_chunks_and_tiles(monkeypatch):
     # Small chunks and tiles: several programs per sample, several tiles per program,
     # and a partial last chunk (D = 105 = 3 * 32 + 9).
-    monkeypatch.setattr(fk, "CHUNK", 32)
+    monkeypatch.setattr(fk, "CHUNK_MIN", 32)
     monkeypatch.setattr(fk, "BLOCK_MAX", 8)
-    assert fk._launch_config(105, 3)[1:3] == (32, 8)
+    assert fk._launch_config(2, 105, 3)[1:3] == (32, 8)
     check(*make_inputs((2, 3, 5, 7), 3, 3, torch.float64, shared=False), False)
     check(*make_inputs((2, 3, 5, 7), 2, 2, torch.float32, shared=True), True)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 64, 64), (8, 4, 64, 64), (8, 4, 128, 128), (2, 16, 128, 128),
+                                   (8, 16, 128, 128), (1, 4096, 64), (64, 4, 32, 32), (4, 16, 256, 256)])
+def test_grid_aims_at_a_fixed_program_count(shape):
+    """The chunk comes from a target program count, not a fixed size: enough programs to
+    fill a 132-SM GPU at every latent size, the same choice on every device."""
+    B, D = shape[0], math.prod(shape[1:])
+    _, chunk, block, _ = fk._launch_config(B, D, 2)
+    programs = B * triton.cdiv(D, chunk)
+    assert chunk & (chunk - 1) == 0 and chunk % block == 0
+    if B * D >= fk.TARGET_PROGRAMS * fk.CHUNK_MIN:
+        assert fk.TARGET_PROGRAMS // 2 <= programs <= fk.TARGET_PROGRAMS, (shape, chunk, programs)
+    else:  # too little work to split further: chunks of CHUNK_MIN
+        assert chunk == min(fk.CHUNK_MIN, triton.next_power_of_2(D))
+    assert fk._launch_config(B, D, 2) == fk._launch_config(B, D, 2)
+
+
+def test_device_guard_picks_the_tensors_device():
+    """The launch runs under torch.cuda.device(pred.device): cuda:1 tensors with cuda:0 current."""
+    guard = fk.device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    with fk.device_guard(torch.device("cpu")):  # the interpreter: nothing to switch
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device_launches_there():
+    torch.cuda.set_device(0)
+    xs, coeffs, weights = make_inputs((3, 4, 5, 7), 3, 2, torch.float32, shared=False)
+    check([x.to("cuda:1") for x in xs], coeffs.to("cuda:1"), weights.to("cuda:1"), False)
 
 
 def test_no_grad():
