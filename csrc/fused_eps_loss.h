@@ -52,11 +52,14 @@ at::Tensor empty_grad_like(const at::Tensor& pred, int64_t D);
 // value would be a host sync).
 at::Tensor scale_saved_grad(const at::Tensor& saved, const at::Tensor& grad_output, at::ScalarType dtype);
 
-// What a device kernel does: fill dist [B, M] (and grad when not null) for B > 0, D > 0.
-using KernelLauncher = std::function<void(int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad)>;
+// What a device kernel does for B > 0, D > 0: fill dist [B, M], the 0-dim loss (from dist,
+// in a fixed order, in the same launch as dist: no separate weights * dist, sum), and grad
+// when not null.
+using KernelLauncher =
+    std::function<void(int64_t D, double scale, const at::Tensor& dist, const at::Tensor& loss, at::Tensor* grad)>;
 
-// The frame every device kernel shares: the checks, the outputs, the empty cases (B = 0,
-// D = 0) and the loss from dist; `launch` runs the kernel itself.
+// The frame every device kernel shares: the checks, the outputs and the empty cases (B = 0,
+// D = 0); `launch` runs the kernel itself.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_frame(
     const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
     const at::Tensor& weights, bool sum_reduction, bool compute_grad, const KernelLauncher& launch);

@@ -189,7 +189,8 @@ ChunkFn<scalar_t, acc_t> pick_chunk(int64_t K, int64_t M) {
 
 template <typename scalar_t>
 void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
-         const at::Tensor& weights, int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad) {
+         const at::Tensor& weights, int64_t D, double scale, const at::Tensor& dist, const at::Tensor& loss,
+         at::Tensor* grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = pred.size(0), K = coeffs.size(2), M = coeffs.size(1);
   const int64_t coeff_stride = coeffs.size(0) == 1 ? 0 : M * K;
@@ -222,15 +223,19 @@ void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at
     }
   });
 
-  // Combine the chunks in a fixed order, in double.
+  // Combine the chunks in a fixed order, in double; the loss from the rounded dist, the same way.
   acc_t* d_ptr = dist.mutable_data_ptr<acc_t>();
+  double total = 0;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t m = 0; m < M; ++m) {
       double s = 0;
       for (int64_t ch = 0; ch < n_chunks; ++ch) s += partial[(b * n_chunks + ch) * M + m];
-      d_ptr[b * M + m] = static_cast<acc_t>(s * scale);
+      const acc_t d = static_cast<acc_t>(s * scale);
+      d_ptr[b * M + m] = d;
+      total += static_cast<double>(w_ptr[b * M + m]) * static_cast<double>(d);
     }
   }
+  *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total);
 }
 
 }  // namespace
@@ -240,10 +245,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_cpu(
     const at::Tensor& weights, bool sum_reduction, bool compute_grad) {
   TORCH_CHECK(pred.device().is_cpu(), "fused_eps_loss (CPU kernel): pred is on ", pred.device());
   return fused_eps_loss_frame(pred, others, coeffs, weights, sum_reduction, compute_grad,
-                              [&](int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad) {
+                              [&](int64_t D, double scale, const at::Tensor& dist, const at::Tensor& loss,
+                                  at::Tensor* grad) {
                                 AT_DISPATCH_FLOATING_TYPES_AND2(
                                     at::kHalf, at::kBFloat16, pred.scalar_type(), "fused_eps_loss_cpu",
-                                    [&] { run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, grad); });
+                                    [&] { run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, loss, grad); });
                               });
 }
 

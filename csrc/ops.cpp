@@ -119,15 +119,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_frame(
   // mean over zero elements is 0/0, as in F.mse_loss
   const double scale = sum_reduction ? 1.0 : (D == 0 ? std::nan("") : 1.0 / static_cast<double>(D));
   at::Tensor dist = at::empty({B, M}, weights.options());
-  at::Tensor grad = compute_grad ? empty_grad_like(pred, D) : at::empty({0}, pred.options());
+  at::Tensor grad = compute_grad ? empty_grad_like(pred, D) : at::empty({0}, weights.options());
   if (B > 0 && D > 0) {
-    launch(D, scale, dist, compute_grad ? &grad : nullptr);
-  } else {
-    dist.fill_(B > 0 ? scale * 0.0 : 0.0);
-    if (compute_grad) grad.zero_();
+    at::Tensor loss = at::empty({}, weights.options());
+    launch(D, scale, dist, loss, compute_grad ? &grad : nullptr);
+    return {loss, dist, grad};
   }
-  at::Tensor loss = (weights * dist).sum();
-  return {loss, dist, grad};
+  dist.fill_(B > 0 ? scale * 0.0 : 0.0);
+  if (compute_grad) grad.zero_();
+  return {(weights * dist).sum(), dist, grad};
 }
 
 TORCH_LIBRARY(unlearn_fast, m) {

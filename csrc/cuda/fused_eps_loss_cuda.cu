@@ -1,8 +1,8 @@
 // The CUDA kernel. Latents are few samples of many elements, so the grid covers
 // (sample, chunk of the sample): each block reads its chunk of every tensor once, computes
 // every head's residual in registers, writes pred's gradient and one partial sum of squares
-// per head. A second kernel adds the partials of a sample in a fixed order (no atomics), so
-// results are bit-identical from run to run.
+// per head. A second kernel, one block, adds the partials of each sample in a fixed order
+// (no atomics) and forms the loss: two launches a call, bit-identical results run to run.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -199,21 +199,41 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One warp per (sample, head): adds the chunk partials in double in a fixed order, like
-// the CPU kernel, and applies the scale.
+// One block: warp w handles the (sample, head) pairs w, w + kReduceWarps, ...: it adds a
+// pair's chunk partials in double in a fixed order, like the CPU kernel, applies the scale,
+// writes dist and accumulates weights * dist; the warps' loss partials are then added in
+// warp order. So the loss needs no further kernels, and results are bit-identical run to run.
+constexpr int kReduceThreads = 256;
+constexpr int kReduceWarps = kReduceThreads / 32;
+
 template <typename acc_t>
-__global__ void __launch_bounds__(128)
-    reduce_chunks_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ dist, int64_t BM, int M,
-                         int n_chunks, double scale) {
-  const int64_t pair = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (pair >= BM) return;  // whole warps leave together, so the shuffles below stay full
-  const int64_t b = pair / M, m = pair % M;
-  double s = 0;
-  for (int ch = lane; ch < n_chunks; ch += 32) s += static_cast<double>(partial[(b * n_chunks + ch) * M + m]);
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_chunks_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ weights,
+                         acc_t* __restrict__ dist, acc_t* __restrict__ loss, int64_t BM, int M, int n_chunks,
+                         double scale) {
+  __shared__ double s_loss[kReduceWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  double warp_loss = 0;  // meaningful in lane 0
+  for (int64_t pair = warp; pair < BM; pair += kReduceWarps) {
+    const int64_t b = pair / M, m = pair % M;
+    double s = 0;
+    for (int ch = lane; ch < n_chunks; ch += 32) s += static_cast<double>(partial[(b * n_chunks + ch) * M + m]);
 #pragma unroll
-  for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-  if (lane == 0) dist[pair] = static_cast<acc_t>(s * scale);
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) {
+      const acc_t d = static_cast<acc_t>(s * scale);
+      dist[pair] = d;
+      warp_loss += static_cast<double>(weights[pair]) * static_cast<double>(d);
+    }
+  }
+  if (lane == 0) s_loss[warp] = warp_loss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+#pragma unroll
+    for (int w = 0; w < kReduceWarps; ++w) total += s_loss[w];
+    *loss = static_cast<acc_t>(total);
+  }
 }
 
 template <typename scalar_t>
@@ -231,24 +251,43 @@ void launch(const Params<scalar_t, at::opmath_type<scalar_t>>& p, int64_t blocks
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The instantiation for `vec` elements per load, a power of two <= kVec: one tensor whose
+// pointer or batch stride allows only 8 bytes costs the others their 16-byte loads, not
+// every vector load.
+template <typename scalar_t, int kVec>
+void launch_vec(const Params<scalar_t, at::opmath_type<scalar_t>>& p, int vec, int64_t blocks, cudaStream_t stream) {
+  if constexpr (kVec > 1) {
+    if (vec < kVec) return launch_vec<scalar_t, kVec / 2>(p, vec, blocks, stream);
+  }
+  launch<scalar_t, kVec>(p, blocks, stream);
+}
+
+// The widest power-of-two width <= max_vec that every pointer and batch stride allows.
+template <typename T>
+int widest_vec(const void* ptr, int64_t stride, int max_vec) {
+  int vec = max_vec;
+  while (vec > 1 && !aligned_for<T>(ptr, stride, vec)) vec /= 2;
+  return vec;
+}
+
 template <typename scalar_t>
 void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at::Tensor& coeffs,
-         const at::Tensor& weights, int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad) {
+         const at::Tensor& weights, int64_t D, double scale, const at::Tensor& dist, const at::Tensor& loss,
+         at::Tensor* grad) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVecMax = 16 / sizeof(scalar_t);
   const int64_t B = pred.size(0), K = coeffs.size(2), M = coeffs.size(1);
 
   Params<scalar_t, acc_t> p{};
-  bool vec_ok = true;
+  int vec = kVecMax;
   for (int64_t k = 0; k < K; ++k) {
     const at::Tensor& t = k == 0 ? pred : others[k - 1];
     p.x[k] = t.const_data_ptr<scalar_t>();
     p.row_stride[k] = t.stride(0);
-    vec_ok = vec_ok && aligned_for<scalar_t>(p.x[k], B > 1 ? p.row_stride[k] : 0, kVecMax);
+    vec = widest_vec<scalar_t>(p.x[k], B > 1 ? p.row_stride[k] : 0, vec);
   }
   p.grad = grad != nullptr ? grad->mutable_data_ptr<acc_t>() : nullptr;
-  if (grad != nullptr) vec_ok = vec_ok && aligned_for<acc_t>(p.grad, B > 1 ? D : 0, kVecMax);
-  const int vec = vec_ok ? kVecMax : 1;
+  if (grad != nullptr) vec = widest_vec<acc_t>(p.grad, B > 1 ? D : 0, vec);
 
   // Chunks are whole tiles of kThreads vectors (so chunk starts keep the alignment), sized
   // to give about kTargetBlocks blocks in all.
@@ -276,16 +315,11 @@ void run(const at::Tensor& pred, const std::vector<at::Tensor>& others, const at
   // c10's stream (what at::cuda::getCurrentCUDAStream returns): ATen/cuda/CUDAContext.h
   // would pull in cuSPARSE/cuBLAS headers that a bare nvcc toolkit lacks.
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (vec_ok) {
-    launch<scalar_t, kVecMax>(p, blocks, stream);
-  } else {
-    launch<scalar_t, 1>(p, blocks, stream);
-  }
+  launch_vec<scalar_t, kVecMax>(p, vec, blocks, stream);
 
-  const int64_t BM = B * M;
-  constexpr int kPairsPerBlock = 128 / 32;
-  reduce_chunks_kernel<acc_t><<<(BM + kPairsPerBlock - 1) / kPairsPerBlock, 128, 0, stream>>>(
-      p.partial, dist.mutable_data_ptr<acc_t>(), BM, p.M, p.n_chunks, scale);
+  reduce_chunks_kernel<acc_t><<<1, kReduceThreads, 0, stream>>>(
+      p.partial, p.weights, dist.mutable_data_ptr<acc_t>(), loss.mutable_data_ptr<acc_t>(), B * M, p.M,
+      p.n_chunks, scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -297,10 +331,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_eps_loss_cuda(
   TORCH_CHECK(pred.is_cuda(), "fused_eps_loss (CUDA kernel): pred is on ", pred.device());
   const c10::cuda::CUDAGuard guard(pred.device());
   return fused_eps_loss_frame(pred, others, coeffs, weights, sum_reduction, compute_grad,
-                              [&](int64_t D, double scale, const at::Tensor& dist, at::Tensor* grad) {
+                              [&](int64_t D, double scale, const at::Tensor& dist, const at::Tensor& loss,
+                                  at::Tensor* grad) {
                                 AT_DISPATCH_FLOATING_TYPES_AND2(
                                     at::kHalf, at::kBFloat16, pred.scalar_type(), "fused_eps_loss_cuda",
-                                    [&] { run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, grad); });
+                                    [&] { run<scalar_t>(pred, others, coeffs, weights, D, scale, dist, loss, grad); });
                               });
 }
 
