@@ -24,6 +24,9 @@ class FusedEpsLossFunction : public torch::autograd::Function<FusedEpsLossFuncti
                          .typed<decltype(fused_eps_loss_cpu)>();
     auto [loss, dist, grad] = op.call(pred, others, coeffs, weights, sum_reduction, compute_grad);
     ctx->mark_non_differentiable({dist, grad});
+    // Only the loss gets a gradient: without this, autograd would fill a zero tensor the
+    // size of the gradient buffer for its undefined grad_output on every backward.
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({grad});
     ctx->saved_data["compute_grad"] = compute_grad;
     ctx->saved_data["num_others"] = static_cast<int64_t>(others.size());

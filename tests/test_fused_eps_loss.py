@@ -188,6 +188,28 @@ def test_second_backward_and_unit_grad_output(backend, dtype):
     assert torch.equal(p.grad, first)
 
 
+@pytest.mark.skipif("cpu" not in KERNELS, reason="C++ extension not built")
+def test_inputs_in_the_kernels_layout_skip_the_python_checks(monkeypatch):
+    """Contiguous fp32 inputs go straight to the C++ op; anything else still gets the full path."""
+    from unlearn_fast import ops
+
+    calls = []
+    real = ops._check_inputs
+    monkeypatch.setattr(ops, "_check_inputs", lambda *a: calls.append(1) or real(*a))
+    pred, others, coeffs, weights = make((3, 4, 5), 3, 2, per_sample=False)
+    p = pred.clone().requires_grad_()
+    loss, dist = fused_eps_loss(p, others, coeffs, weights)
+    assert calls == [] and loss.grad_fn is not None and not dist.requires_grad
+    ref, ref_dist = fused_eps_loss_reference(pred, others, coeffs, weights)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(dist, ref_dist)
+    fused_eps_loss(p, [others[0].mT.contiguous().mT, others[1]], coeffs, weights)  # a layout copy
+    fused_eps_loss(p, others, coeffs.double(), weights)  # needs the dtype conversion
+    assert calls == [1, 1]
+    with pytest.raises(ValueError, match=r"^weights: expected shape \[B=3, M=2\]"):
+        fused_eps_loss(p, others, coeffs, weights[:2])  # the op refuses it; the full path names it
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_zero_weights_and_zero_coefficients(backend):
     pred, others, coeffs, weights = make((4, 3, 5), 3, 3, device=device_of(backend))

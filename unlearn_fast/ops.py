@@ -219,6 +219,7 @@ def _setup_context(ctx, inputs, output):
     ctx.num_others = len(inputs[1])
     ctx.pred_dtype = inputs[0].dtype
     ctx.save_for_backward(output[2])
+    ctx.set_materialize_grads(False)  # no zero-filled grad_output for dist and the gradient buffer
 
 
 def _backward(ctx, grad_loss, grad_dist, grad_buffer):
@@ -264,6 +265,44 @@ if _triton_launcher is not None:
 # ---------------------------------------------------------------------------------------
 # The public entry point.
 
+_CPP_DEVICE_TYPES: set[str] | None = None  # device types "auto" sends to the C++ op
+
+
+def _fast_call(pred, others, coeffs, weights, reduction, backend):
+    """The C++ op called directly when the inputs are already in its layout and dtypes.
+
+    That is the training step's common case (contiguous fp32 inputs, ``backend="auto"``):
+    the op re-checks everything itself, so the Python validation and layout work is
+    skipped. Anything else, or anything the op rejects, returns ``None`` and takes the full
+    path, which names the bad argument or copies the tensor into the kernels' layout.
+    """
+    global _CPP_DEVICE_TYPES
+    if backend != "auto" or os.environ.get(BACKEND_ENV) or torch.compiler.is_compiling():
+        return None
+    if _CPP_DEVICE_TYPES is None:
+        _CPP_DEVICE_TYPES = {t for t in ("cpu", "cuda") if _why_unavailable(t) is None}
+    if type(pred) is not torch.Tensor or reduction not in ("mean", "sum"):
+        return None
+    device = pred.device
+    if device.type not in _CPP_DEVICE_TYPES or not (isinstance(others, list) and pred.is_contiguous()):
+        return None
+    for other in others:  # (a tensor on another device would dispatch elsewhere, e.g. to meta)
+        if type(other) is not torch.Tensor or not other.is_contiguous() or other.device != device:
+            return None
+    if not (type(coeffs) is torch.Tensor and type(weights) is torch.Tensor
+            and coeffs.device == device and weights.device == device):
+        return None
+    if coeffs.dim() == 2:
+        coeffs = coeffs.unsqueeze(0)
+    compute_grad = pred.requires_grad and torch.is_grad_enabled()
+    try:
+        loss, dist, _ = torch.ops.unlearn_fast.fused_eps_loss(pred, others, coeffs, weights, reduction == "sum",
+                                                              compute_grad)
+    except (RuntimeError, NotImplementedError):
+        return None  # e.g. float64 coefficients, too many heads: the full path converts or explains
+    return loss, dist
+
+
 
 def fused_eps_loss(
     pred: torch.Tensor,
@@ -299,6 +338,9 @@ def fused_eps_loss(
     to ``pred``'s dtype once (so a loss scale keeps float16 gradients accurate). See the module docstring for the one
     layout copy they may make.
     """
+    fast = _fast_call(pred, others, coeffs, weights, reduction, backend)
+    if fast is not None:
+        return fast
     _check_inputs(pred, others, coeffs, weights, reduction)
     name = _resolve_backend(backend, pred.device)
     if name == "reference":
