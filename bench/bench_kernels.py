@@ -163,9 +163,10 @@ def summary(rows: list[dict]) -> str:
         eager = float(sel[("eager", "full", "ms")]["p50"])
         compiled = {k[0]: float(v["p50"]) for k, v in sel.items() if k[0].startswith("compile") and k[1:] == ("full", "ms")}
         lines.append(f"\n### {rows[0]['kernel']} at {size} on {rows[0]['device']}\n")
-        lines.append("| provider | forward ms | backward ms | full ms (p50) | vs eager | " +
-                     " | ".join(f"vs {c}" for c in compiled) + " | GB/s | floor ms | full / floor |")
-        lines.append("|" + "---|" * (8 + len(compiled)))
+        head = ["provider", "forward ms", "backward ms", "full ms (p50)", "vs eager"] + [f"vs {c}" for c in compiled]
+        head += ["GB/s", "floor ms", "full / floor"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
         for provider in dict.fromkeys(k[0] for k in sel if k[0] != "copy"):
             full = float(sel[(provider, "full", "ms")]["p50"])
             gbps = float(sel[(provider, "full", "GB/s")]["p50"])

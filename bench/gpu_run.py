@@ -1,0 +1,222 @@
+"""The one GPU call, as a list of timed steps that fits the device budget (bench/gpu_run.sh runs it).
+
+Each step is a command with its own time limit; the whole run has a deadline (8 minutes on
+a GPU), and a step that would start with less than its limit left is skipped and says so.
+What comes back from ``$OUT`` is at most four files:
+
+- ``summary.md``: device, versions, every step's status and time, the kernel and step
+  tables (also printed as the run goes);
+- ``kernels.csv`` and ``step.csv``: the benchmarks' long CSVs;
+- ``results.tar.gz``: every step's full log and the plots.
+
+``--cpu-dry-run`` runs the same steps end to end on the CPU at tiny sizes (the Triton
+kernel under its interpreter, the build step replaced by a check that the extension
+imports), so the script is exercised by the test suite and cannot rot between GPU runs.
+The exit status is non-zero when the build fails, when ``backends()`` lacks what the
+run needs (``cuda`` and ``triton`` on a GPU; ``cpu`` and ``triton`` on the dry run), or
+when any step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+@dataclass
+class Step:
+    name: str
+    command: list[str]
+    limit_s: int
+    required: bool = False  # a failure stops the run (the build, the backends check)
+    env: dict = field(default_factory=dict)
+
+
+def gpu_steps(work: str) -> list[Step]:
+    kernels_csv, step_csv = os.path.join(work, "kernels.csv"), os.path.join(work, "step.csv")
+    bench = [PY, "bench/bench_kernels.py", "--device", "cuda", "--reps", "30", "--min-seconds", "0.3",
+             "--csv", kernels_csv]
+    return [
+        Step("build", [PY, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", "."], 240,
+             required=True, env={"UNLEARN_FAST_CUDA": "1"}),
+        Step("backends", [PY, "bench/gpu_run.py", "--check-backends", "cuda", "triton"], 30, required=True),
+        Step("gpu_tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
+                           "tests/test_fused_eps_loss.py", "tests/test_triton_kernel.py"], 120),
+        Step("kernels_fp32", bench + ["--compile", "default", "--sizes", "1x4x64x64", "8x4x64x64", "8x4x128x128",
+                                      "8x16x128x128", "1x16x16x60x90"], 100),
+        Step("kernels_bf16", bench + ["--dtype", "bfloat16", "--compile", "default", "--sizes", "8x4x128x128",
+                                      "8x16x128x128"], 60),
+        Step("kernels_autotune", bench + ["--compile", "max-autotune", "--sizes", "8x4x128x128"], 90),
+        Step("step_sd15_fp32", [PY, "bench/bench_step.py", "--device", "cuda", "--model", "sd15", "--batch", "8",
+                                "--reps", "5", "--csv", step_csv], 60),
+        Step("step_sd15_bf16", [PY, "bench/bench_step.py", "--device", "cuda", "--model", "sd15", "--batch", "8",
+                                "--reps", "5", "--teacher-dtype", "bf16", "--csv", step_csv], 60),
+        Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], 30),
+    ]
+
+
+def dry_run_steps(work: str) -> list[Step]:
+    kernels_csv, step_csv = os.path.join(work, "kernels.csv"), os.path.join(work, "step.csv")
+    bench = [PY, "bench/bench_kernels.py", "--device", "cpu", "--reps", "3", "--min-seconds", "0", "--warmup", "1",
+             "--csv", kernels_csv]
+    interp = {"TRITON_INTERPRET": "1"}
+    return [
+        Step("build", [PY, "-c", "import unlearn_fast._C"], 60, required=True),
+        Step("backends", [PY, "bench/gpu_run.py", "--check-backends", "cpu", "triton"], 60, required=True, env=interp),
+        Step("gpu_tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
+                           "tests/test_triton_kernel.py", "-k", "grid or guard or device or tail or heads"], 120,
+             env=interp),
+        Step("kernels_fp32", bench + ["--compile", "--sizes", "2x4x8x8", "1x3x5x7"], 60),
+        Step("kernels_bf16", bench + ["--dtype", "bfloat16", "--compile", "--sizes", "2x4x8x8"], 60),
+        Step("kernels_autotune", bench + ["--compile", "default", "--sizes", "2x4x8x8"], 240),
+        Step("step_sd15_fp32", [PY, "bench/bench_step.py", "--device", "cpu", "--model", "tiny", "--batch", "4",
+                                "--reps", "2", "--csv", step_csv], 120),
+        Step("step_sd15_bf16", [PY, "bench/bench_step.py", "--device", "cpu", "--model", "tiny", "--batch", "4",
+                                "--reps", "2", "--teacher-dtype", "bf16", "--csv", step_csv], 120),
+        Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], 60),
+    ]
+
+
+def run_step(step: Step, work: str, remaining: float) -> tuple[str, float]:
+    """Runs one step into work/logs/NAME.log; returns (status, seconds)."""
+    if remaining < step.limit_s:
+        return f"skipped: {remaining:.0f} s left of the run's budget, the step may take {step.limit_s} s", 0.0
+    log_path = os.path.join(work, "logs", f"{step.name}.log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(step.command) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(step.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=step.limit_s).returncode
+        except subprocess.TimeoutExpired:
+            return f"failed: over its {step.limit_s} s limit", time.monotonic() - start
+    seconds = time.monotonic() - start
+    return ("ok" if rc == 0 else f"failed: exit status {rc}"), seconds
+
+
+def tail(path: str, lines: int) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def markdown_tables(path: str) -> str:
+    """The markdown a benchmark printed (its '|' table lines and '###' headings)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        keep = [line for line in f if line.startswith(("|", "###", "RU step", "  "))]
+    return "".join(keep)
+
+
+def check_backends(needed: list[str]) -> int:
+    import unlearn_fast as uf
+
+    names = uf.backends()
+    missing = [n for n in needed if n not in names]
+    print(f"backends: {names}")
+    for name in missing:
+        why = uf.ops._why_unavailable(name) if name in uf.ops.BACKENDS else "not a backend of this version"
+        print(f"missing {name!r}: {why}")
+    return 1 if missing else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default: $OUT, else "
+                        "bench/results/<device>-<date>/)")
+    parser.add_argument("--budget-s", type=float, default=None, help="the whole run's deadline (GPU: 480 s)")
+    parser.add_argument("--check-backends", nargs="+", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.check_backends:
+        return check_backends(args.check_backends)
+
+    budget = args.budget_s or (900.0 if args.cpu_dry_run else 480.0)
+    deadline = time.monotonic() + budget
+    work = tempfile.mkdtemp(prefix="gpu_run_")
+    os.makedirs(os.path.join(work, "logs"))
+    device = describe_device(args.cpu_dry_run)
+    out = args.out or os.path.join(ROOT, "bench", "results", f"{device['slug']}-{datetime.date.today().isoformat()}")
+    os.makedirs(out, exist_ok=True)
+    steps = dry_run_steps(work) if args.cpu_dry_run else gpu_steps(work)
+
+    header = [f"# GPU run{' (CPU dry run)' if args.cpu_dry_run else ''}: {device['name']}", "",
+              f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {device['versions']}; "
+              f"budget {budget:.0f} s", "", "| step | status | seconds |", "|---|---|---|"]
+    print("\n".join(header), flush=True)
+    rows, failed, stopped = [], False, False
+    for step in steps:
+        if stopped:
+            status, seconds = "skipped: an earlier required step failed", 0.0
+        else:
+            status, seconds = run_step(step, work, deadline - time.monotonic())
+        rows.append(f"| {step.name} | {status} | {seconds:.0f} |")
+        print(rows[-1], flush=True)
+        if status.startswith("failed"):
+            failed = True
+            print(tail(os.path.join(work, "logs", f"{step.name}.log"), 8), flush=True)
+            stopped = stopped or step.required
+
+    sections = ["", "## Kernels (fused_eps_loss: forward + backward; floor = a copy of the same bytes)", ""]
+    for name in ("kernels_fp32", "kernels_bf16", "kernels_autotune"):
+        sections.append(markdown_tables(os.path.join(work, "logs", f"{name}.log")))
+    sections += ["", "## RU step: engine vs the straightforward loop", "", "```"]
+    for name in ("step_sd15_fp32", "step_sd15_bf16"):
+        sections.append(markdown_tables(os.path.join(work, "logs", f"{name}.log")).rstrip())
+    sections += ["```", "", "## Tests", "", "```", tail(os.path.join(work, "logs", "gpu_tests.log"), 3).rstrip(),
+                 "```", ""]
+    summary = "\n".join(header + rows + sections)
+    print("\n".join(sections), flush=True)
+    collect(work, out, summary)
+    print(f"results: {out} ({', '.join(sorted(os.listdir(out)))})")
+    return 1 if failed else 0
+
+
+def describe_device(dry_run: bool) -> dict:
+    import torch
+
+    if not dry_run and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"cpu-{os.cpu_count()}cores"
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}, python {sys.version.split()[0]}"
+    try:
+        import triton
+
+        versions += f", triton {triton.__version__}"
+    except ImportError:
+        pass
+    return {"name": name, "slug": name.replace(" ", "-"), "versions": versions}
+
+
+def collect(work: str, out: str, summary: str) -> None:
+    """summary.md, kernels.csv, step.csv and results.tar.gz (logs, plots) into out."""
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(summary)
+    for name in ("kernels.csv", "step.csv"):
+        if os.path.exists(os.path.join(work, name)):
+            shutil.copy(os.path.join(work, name), os.path.join(out, name))
+    with tarfile.open(os.path.join(out, "results.tar.gz"), "w:gz") as tar:
+        for sub in ("logs", "plots"):
+            if os.path.isdir(os.path.join(work, sub)):
+                tar.add(os.path.join(work, sub), arcname=sub)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
