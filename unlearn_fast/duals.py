@@ -57,10 +57,9 @@ class DualVariables:
 
     def _project(self) -> None:
         self.lambdas.clamp_(0, self.lambda_max)
-        if self.max_total is not None:
+        if self.max_total is not None:  # scale down to the cap, without a Python `if` on a tensor
             total = self.lambdas.sum()
-            if total > self.max_total:
-                self.lambdas.mul_(self.max_total / total)
+            self.lambdas.mul_(torch.clamp(self.max_total / total, max=1.0))
 
     def to(self, device) -> "DualVariables":
         for name in ("bound", "lambdas", "estimate"):

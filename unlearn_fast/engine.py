@@ -20,7 +20,7 @@ import contextlib
 
 import torch
 
-from .methods.base import NOISE, Batch, Method, Recipe
+from .methods.base import NOISE, Batch, Method, Recipe, check_all, host_side
 from .models import ConditionedModel
 from .ops import fused_eps_loss
 from .schedules import timestep_weights
@@ -83,28 +83,37 @@ class UnlearningObjective:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         return self.scheduler.add_noise(x0, noise, t), t, noise
 
+    def _ddim(self):
+        """The student's DDIM sampler and its timesteps as host ints, made once."""
+        if getattr(self, "_ddim_cache", None) is None:
+            from diffusers import DDIMScheduler
+
+            ddim = DDIMScheduler.from_config(self.scheduler.config)
+            ddim.set_timesteps(self.sampler_steps)
+            self._ddim_cache = (ddim, ddim.timesteps.tolist())  # (the scheduler keeps them on the CPU)
+        return self._ddim_cache
+
     @torch.no_grad()
     def _from_student(self, batch: Batch, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ESD's x_t: the student samples (DDIM, guided) from noise down to a random step."""
-        from diffusers import DDIMScheduler
-
-        ddim = DDIMScheduler.from_config(self.scheduler.config)
-        ddim.set_timesteps(self.sampler_steps)
+        ddim, timesteps = self._ddim()
         x0 = batch.x0
-        # host int: loop length; drawn on the generator's device (a CUDA generator cannot draw on the CPU)
-        gen_device = generator.device if generator is not None else "cpu"
-        stop = int(torch.randint(1, self.sampler_steps, (1,), generator=generator, device=gen_device))
+        # The loop length is a host int: drawn from a CPU generator (a CPU `generator`, else
+        # torch's default one, which the trainer checkpoints), never read back from a GPU.
+        host_gen = generator if generator is not None and generator.device.type == "cpu" else None
+        with host_side():
+            stop = int(torch.randint(1, self.sampler_steps, (1,), generator=host_gen))
         x = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         null = torch.full_like(batch.cond, self.model.null_id)
         was_training = self.model.module.training
         self.model.module.eval()
-        for t in ddim.timesteps[:stop]:
-            tt = t.expand(len(batch)).to(x0.device)
+        for t in timesteps[:stop]:
+            tt = torch.full((len(batch),), t, device=x0.device, dtype=torch.long)  # a fill, not a copy
             eps = self.model.predict(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([batch.cond, null]))
             cond, uncond = eps.chunk(2)
             x = ddim.step(uncond + self.guidance_scale * (cond - uncond), t, x).prev_sample
         self.model.module.train(was_training)
-        t = ddim.timesteps[stop].expand(len(batch)).to(x0.device)
+        t = torch.full((len(batch),), timesteps[stop], device=x0.device, dtype=torch.long)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         return x, t, noise
 
@@ -116,21 +125,58 @@ class UnlearningObjective:
         conds = recipe.teacher_conds  # [B, S]
         B, S = conds.shape
         need = conds != NOISE  # [B, S]
+        if recipe.teacher_rows is None:
+            rows, full = self._teacher_by_mask(x_t, t, noise, conds, need)
+        else:
+            rows, full = self._teacher_by_rows(x_t, t, conds, need, recipe.teacher_rows)
+        slots = []
+        for s in range(S):
+            start, stop = rows[s]
+            mask = need[start:stop, s].view(-1, *([1] * (x_t.dim() - 1)))
+            inside = torch.where(mask, full[s], noise[start:stop]) if stop > start else noise[:0]
+            slots.append(inside if (start, stop) == (0, B) else torch.cat([noise[:start], inside, noise[stop:]]))
+        return slots
+
+    def _teacher(self, x, t, cond) -> torch.Tensor:
+        ctx = torch.autocast(x.device.type, dtype=self.teacher_dtype) if self.teacher_dtype else contextlib.nullcontext()
+        with ctx:
+            return self.teacher.predict(x, t, cond)
+
+    def _teacher_by_rows(self, x_t, t, conds, need, teacher_rows):
+        """The teacher's batch from host-known row ranges: slicing only, no host sync."""
+        B, S = conds.shape
+        if len(teacher_rows) != S or any(not 0 <= a <= b <= B for a, b in teacher_rows):
+            raise ValueError(f"recipe.teacher_rows: expected {S} ranges (start, stop) within [0, {B}], "
+                             f"got {teacher_rows}")
+        row = torch.arange(B, device=conds.device)
+        outside = torch.stack([(row < a) | (row >= b) for a, b in teacher_rows], 1)
+        check_all(~(need & outside), "recipe.teacher_rows: a row outside its slot's range reads the teacher")
+        spans = [(a, b) for a, b in teacher_rows]
+        live = [s for s, (a, b) in enumerate(spans) if b > a]
+        full = [None] * S
+        if live:
+            x = torch.cat([x_t[spans[s][0]:spans[s][1]] for s in live])
+            tt = torch.cat([t[spans[s][0]:spans[s][1]] for s in live])
+            # NOISE rows inside a range get a valid condition (the model's null) and are discarded below
+            cc = torch.cat([torch.where(need[spans[s][0]:spans[s][1], s], conds[spans[s][0]:spans[s][1], s],
+                                        torch.full_like(conds[spans[s][0]:spans[s][1], s], self.teacher.null_id))
+                            for s in live])
+            out = self._teacher(x, tt, cc).to(x_t.dtype).split([spans[s][1] - spans[s][0] for s in live])
+            for s, o in zip(live, out):
+                full[s] = o
+        return spans, full
+
+    def _teacher_by_mask(self, x_t, t, noise, conds, need):
+        """Without host-known rows: gather the needed (sample, slot) pairs by ``nonzero``
+        (a host synchronisation on a GPU)."""
+        B, S = conds.shape
         flat = need.T.reshape(-1)  # slot-major: slot s of all samples, then slot s+1
         idx = flat.nonzero().squeeze(1)
         sample = idx % B
         full = noise.new_zeros((S * B, *x_t.shape[1:]))
         if idx.numel():  # methods whose slots all read the noise need no teacher
-            ctx = torch.autocast(x_t.device.type, dtype=self.teacher_dtype) if self.teacher_dtype else contextlib.nullcontext()
-            with ctx:
-                out = self.teacher.predict(x_t[sample], t[sample], conds.T.reshape(-1)[idx])
-            full[idx] = out.to(x_t.dtype)
-        slots = []
-        for s in range(S):
-            pred_s = full[s * B:(s + 1) * B]
-            mask = need[:, s].view(B, *([1] * (x_t.dim() - 1)))
-            slots.append(torch.where(mask, pred_s, noise))
-        return slots
+            full[idx] = self._teacher(x_t[sample], t[sample], conds.T.reshape(-1)[idx]).to(x_t.dtype)
+        return [(0, B)] * S, list(full.split(B))
 
     # --- the step --------------------------------------------------------------------------
 
@@ -142,7 +188,7 @@ class UnlearningObjective:
             x_t, t, noise = self._noised(batch, generator)
         else:
             x_t, t, noise = self._from_student(batch, generator)
-        w = self.weight_table.to(x_t.device)[t]
+        w = self.weight_table.to(x_t.device)[t]  # a no-op once the trainer has moved the table
         recipe = self.method.recipe(batch, w)
         slots = self.teacher_slots(x_t, t, noise, recipe)
         pred = self.model.predict(x_t, t, recipe.student_cond)

@@ -207,6 +207,14 @@ def build_method(config: TrainConfig, available: dict, condition_ids=None) -> Me
 # --- data --------------------------------------------------------------------------------------
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory, asynchronously (a copy from
+    pageable memory would make the host wait for the GPU)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class SampleSource:
     """Forget and retain samples (clean images or teacher samples) with their condition ids.
 
@@ -239,13 +247,13 @@ class SampleSource:
 
     def sample(self, generator: torch.Generator) -> Batch:
         device = self.forget_x.device
-        fi = torch.randint(len(self.forget_x), (self.n_forget,), generator=generator).to(device)
-        ri = torch.randint(max(len(self.retain_x), 1), (self.n_retain,), generator=generator).to(device)
+        fi = _to_device(torch.randint(len(self.forget_x), (self.n_forget,), generator=generator), device)
+        ri = _to_device(torch.randint(max(len(self.retain_x), 1), (self.n_retain,), generator=generator), device)
         x0 = torch.cat([self.forget_x[fi], self.retain_x[ri]])
         cond = torch.cat([self.forget_c[fi], self.retain_c[ri]])
         role = torch.cat([torch.full_like(fi, FORGET), torch.full_like(ri, RETAIN)])
         sample_id = torch.cat([fi, torch.full_like(ri, -1)])
-        return Batch(x0, cond, role, sample_id)
+        return Batch(x0, cond, role, sample_id, n_forget=self.n_forget)  # forget samples first
 
 
 def _mnist_train_split(module, classes: dict, key: str = "data") -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ method for its dual update. Nothing else in the engine depends on the method.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +36,14 @@ class Batch:
     cond: torch.Tensor
     role: torch.Tensor
     sample_id: torch.Tensor | None = None
+    #: host-side knowledge of the roles, when the sampler has it: the first ``n_forget``
+    #: samples are the FORGET ones, the rest RETAIN. Lets a method say on the host which rows
+    #: read the teacher (``Recipe.teacher_rows``), so a step needs no host synchronisation.
+    n_forget: int | None = None
 
     def to(self, device) -> "Batch":
         sid = None if self.sample_id is None else self.sample_id.to(device)
-        return Batch(self.x0.to(device), self.cond.to(device), self.role.to(device), sid)
+        return Batch(self.x0.to(device), self.cond.to(device), self.role.to(device), sid, self.n_forget)
 
     def __len__(self) -> int:
         return self.x0.shape[0]
@@ -50,6 +55,10 @@ class Recipe:
     teacher_conds: torch.Tensor  # [B, K-1] long, NOISE for the true noise
     coeffs: torch.Tensor  # [B, M, K] float
     weights: torch.Tensor  # [B, M] float
+    #: per teacher slot, the rows ``(start, stop)`` of the batch that may read the teacher
+    #: (host ints; rows outside read the noise). With it the engine builds the teacher's
+    #: batch by slicing; without it (None) by ``nonzero``, a host synchronisation on a GPU.
+    teacher_rows: tuple[tuple[int, int], ...] | None = None
 
 
 class Method:
@@ -92,11 +101,29 @@ class Method:
         return self.duals is None or self.duals.is_finite()
 
 
+HOST_SIDE = 0  # > 0 inside host_side(): tests/test_sync_free.py does not count these reads
+
+
+@contextlib.contextmanager
+def host_side():
+    """Marks reads of tensors that stay on the host whatever device trains (a loop length
+    drawn from a CPU generator, the CPU branch of ``check_all``): they never wait for a GPU."""
+    global HOST_SIDE
+    HOST_SIDE += 1
+    try:
+        yield
+    finally:
+        HOST_SIDE -= 1
+
+
+
 def check_all(condition: torch.Tensor, message: str) -> None:
     """Raise ValueError(message) unless every element holds: eagerly on the CPU, without a
     host synchronisation on a GPU (an asynchronous device assertion)."""
     if condition.device.type == "cpu":
-        if not bool(condition.all()):
+        with host_side():
+            ok = bool(condition.all())
+        if not ok:
             raise ValueError(message)
     else:
         torch._assert_async(condition.all(), message)
@@ -112,3 +139,41 @@ def per_role_mean(weights_per_sample: torch.Tensor, role: torch.Tensor) -> torch
 def stack_coeffs(rows: list[torch.Tensor]) -> torch.Tensor:
     """[B, M, K] from M per-sample coefficient rows, each [B, K]."""
     return torch.stack(rows, dim=1)
+
+
+def role_rows(batch: Batch, *slots: str) -> tuple[tuple[int, int], ...] | None:
+    """``Recipe.teacher_rows`` from the roles whose rows each slot reads from the teacher:
+    ``"all"``, ``"forget"``, ``"retain"`` or ``"none"``; None when the batch's roles are not
+    known on the host (``batch.n_forget`` is None)."""
+    if batch.n_forget is None:
+        return None
+    B, f = len(batch), batch.n_forget
+    spans = {"all": (0, B), "forget": (0, f), "retain": (f, B), "none": (0, 0)}
+    return tuple(spans[s] for s in slots)
+
+
+_CONSTANTS: dict = {}
+
+
+def constant(values, device, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor (e.g. head coefficients) made once per device and dtype and
+    reused by every step, instead of a copy from host memory per step. Do not modify it."""
+    key = (repr(values), str(device), dtype)
+    out = _CONSTANTS.get(key)
+    if out is None:
+        out = _CONSTANTS[key] = torch.tensor(values, dtype=dtype).to(device)
+    return out
+
+
+def on_device(owner, name: str, device) -> torch.Tensor:
+    """``getattr(owner, name)`` on ``device``, copied once and reused while the tensor is
+    unchanged (same object, same version counter), not copied at every step."""
+    src = getattr(owner, name)
+    if src.device == torch.device(device):
+        return src
+    cache = owner.__dict__.setdefault("_device_copies", {})
+    key = (name, str(device))
+    hit = cache.get(key)
+    if hit is None or hit[0] is not src or hit[1] != src._version:
+        hit = cache[key] = (src, src._version, src.to(device))
+    return hit[2]

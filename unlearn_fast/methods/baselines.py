@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .base import FORGET, NOISE, Batch, Method, Recipe, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, constant, per_role_mean, role_rows
 from .ru import ReverseKLUnlearning
 
 
@@ -45,9 +45,9 @@ class ConceptAblation(Method):
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
         slot = torch.where(forget, torch.full_like(batch.cond, self.anchor), batch.cond)
-        coeffs = torch.tensor([[1.0, -1.0]], device=w.device).expand(len(batch), 1, 2)
+        coeffs = constant([[1.0, -1.0]], w.device).expand(len(batch), 1, 2)
         weights = per_role_mean(torch.where(forget, w, self.retain_weight * w), batch.role)
-        return Recipe(batch.cond, slot[:, None], coeffs, weights[:, None])
+        return Recipe(batch.cond, slot[:, None], coeffs, weights[:, None], role_rows(batch, "all"))
 
 
 class NegGrad(Method):
@@ -60,9 +60,10 @@ class NegGrad(Method):
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
-        coeffs = torch.tensor([[1.0, -1.0]], device=w.device).expand(len(batch), 1, 2)
+        coeffs = constant([[1.0, -1.0]], w.device).expand(len(batch), 1, 2)
         weights = per_role_mean(torch.where(forget, -self.alpha * w, w), batch.role)
-        return Recipe(batch.cond, torch.full_like(batch.cond, NOISE)[:, None], coeffs, weights[:, None])
+        return Recipe(batch.cond, torch.full_like(batch.cond, NOISE)[:, None], coeffs, weights[:, None],
+                      role_rows(batch, "none"))
 
 
 class Finetune(NegGrad):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..duals import DualVariables
-from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, constant, per_role_mean, role_rows
 
 RETAIN_TERMS = ("data", "distill")
 
@@ -52,9 +52,10 @@ class ForwardKLUnlearning(Method):
         signed = torch.where(forget, -lam * w, w)
         noise = torch.full_like(batch.cond, NOISE)
         slot = noise if self.retain == "data" else torch.where(forget, noise, batch.cond)
-        coeffs = torch.tensor([[1.0, -1.0]], device=w.device).expand(len(batch), 1, 2)
+        coeffs = constant([[1.0, -1.0]], w.device).expand(len(batch), 1, 2)
         weights = per_role_mean(signed, batch.role)[:, None]
-        return Recipe(batch.cond, slot[:, None], coeffs, weights)
+        return Recipe(batch.cond, slot[:, None], coeffs, weights,
+                      role_rows(batch, "none" if self.retain == "data" else "retain"))
 
     def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
         forget = batch.role == FORGET

@@ -50,7 +50,7 @@ from typing import Sequence, Union
 
 import torch
 
-from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe, check_all, per_role_mean
+from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe, check_all, constant, on_device, per_role_mean, role_rows
 
 
 class LocalityAwareContinualUnlearning(Method):
@@ -122,15 +122,16 @@ class LocalityAwareContinualUnlearning(Method):
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
-        target = self.map_of.to(batch.cond.device)[batch.cond]
+        target = on_device(self, "map_of", batch.cond.device)[batch.cond]
         check_all(~(forget & (target < 0)), "batch: a forget sample's condition is not one of the method's forget conditions")
         mapping = target >= 0  # forget samples, and replay samples of remapped conditions
         slot = torch.where(mapping, target, batch.cond)
         student = batch.cond
         if self.target_share > 0:
-            source = self.source_of.to(batch.cond.device)[batch.cond]
+            source = on_device(self, "source_of", batch.cond.device)[batch.cond]
             on_target = ~forget & (source >= 0)
-            per_class = torch.nn.functional.one_hot(batch.cond, len(self.source_of)) * on_target[:, None]
+            classes = torch.arange(len(self.source_of), device=batch.cond.device)
+            per_class = (batch.cond[:, None] == classes).long() * on_target[:, None]  # one-hot, no value checks
             rank = per_class.cumsum(0).gather(1, batch.cond[:, None]).squeeze(1)  # 1, 2, ... within each target
             take = torch.floor(rank * self.target_share) != torch.floor((rank - 1) * self.target_share)
             cross = on_target & take
@@ -139,13 +140,14 @@ class LocalityAwareContinualUnlearning(Method):
         role = torch.where(mapping, torch.full_like(batch.role, FORGET), torch.full_like(batch.role, RETAIN))
         weights = per_role_mean(torch.where(mapping, self.lam_unl * w, self.lam_pres * w), role)
         if self.eta == 0:
-            coeffs = torch.tensor([[1.0, -1.0]], device=w.device, dtype=w.dtype).expand(len(batch), 1, 2)
-            return Recipe(student, slot[:, None], coeffs, weights[:, None])
+            coeffs = constant([[1.0, -1.0]], w.device, w.dtype).expand(len(batch), 1, 2)
+            return Recipe(student, slot[:, None], coeffs, weights[:, None], role_rows(batch, "all"))
         # slot 2: eps_prev(x_t, p_f) for mapping samples (the student's condition), the noise otherwise (unread)
         slot2 = torch.where(mapping, student, torch.full_like(student, NOISE))
         a = torch.where(mapping, torch.full_like(w, self.eta), torch.zeros_like(w))
         coeffs = torch.stack([torch.ones_like(w), -(1 + a), a], -1)[:, None]  # r = eps_theta - target
-        return Recipe(student, torch.stack([slot, slot2], 1), coeffs, weights[:, None])
+        # slot 2's rows depend on the mapping (replay samples too), not on the role alone: every row
+        return Recipe(student, torch.stack([slot, slot2], 1), coeffs, weights[:, None], role_rows(batch, "all", "all"))
 
     def metrics(self) -> dict[str, float]:
         return {f"lacu/target[{f}]": float(t) for f, t in zip(self.forget + self.remapped,

@@ -22,7 +22,7 @@ import torch
 
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
-from .base import FORGET, NOISE, Batch, Method, Recipe, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, constant, per_role_mean, role_rows
 
 
 class LikelihoodUnlearning(Method):
@@ -58,12 +58,13 @@ class LikelihoodUnlearning(Method):
         # head 0's coefficients depend on r(x): filled in by refine(); retain rows are final
         target = torch.stack([one, -one, zero, zero], -1)
         weights = per_role_mean(torch.where(forget, w, self.retain_weight * w), batch.role)
-        return Recipe(batch.cond, torch.stack([slot1, slot2, slot3], 1), target[:, None], weights[:, None])
+        return Recipe(batch.cond, torch.stack([slot1, slot2, slot3], 1), target[:, None], weights[:, None],
+                      role_rows(batch, "all", "forget", "none"))
 
     def refine(self, recipe: Recipe, pred: torch.Tensor, slots: list[torch.Tensor], w: torch.Tensor,
                reduction: str, backend: str) -> Recipe:
         eps_q, eps_u, noise = slots
-        heads = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], device=w.device)  # eps - eps_q, eps - eps_u
+        heads = constant([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], w.device)  # eps - eps_q, eps - eps_u
         with torch.no_grad():
             _, dist = fused_eps_loss(noise, [eps_q, eps_u], heads, torch.zeros(len(w), 2, device=w.device),
                                      reduction=reduction, backend=backend)
@@ -75,7 +76,7 @@ class LikelihoodUnlearning(Method):
         coeffs = recipe.coeffs.clone()
         coeffs[:, 0, 1] = torch.where(forget, -(1 + g), coeffs[:, 0, 1])
         coeffs[:, 0, 2] = torch.where(forget, g, coeffs[:, 0, 2])
-        return Recipe(recipe.student_cond, recipe.teacher_conds, coeffs, recipe.weights)
+        return Recipe(recipe.student_cond, recipe.teacher_conds, coeffs, recipe.weights, recipe.teacher_rows)
 
     def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
         if self._ratio is None:

@@ -29,7 +29,7 @@ import torch
 
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
-from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, per_role_mean
+from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, on_device, per_role_mean, role_rows
 
 DIVERGENCES = ("kl", "hellinger")
 
@@ -81,7 +81,7 @@ class ReverseKLUnlearning(Method):
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         device = batch.cond.device
-        concept = self.concept_of.to(device)[batch.cond]
+        concept = on_device(self, "concept_of", device)[batch.cond]
         forget = batch.role == FORGET
         check_all(~(forget & (concept < 0)), "batch: a forget sample's condition is not one of the method's forget conditions")
         alpha, rest = self.alphas(device)
@@ -95,7 +95,8 @@ class ReverseKLUnlearning(Method):
         coeffs = torch.stack([target, constraint], 1)
         head0 = torch.where(forget, rest * w, self.retain_weight * w)
         weights = torch.stack([per_role_mean(head0, batch.role), zero], 1)
-        return Recipe(batch.cond, torch.stack([slot1, slot2], 1), coeffs, weights)
+        return Recipe(batch.cond, torch.stack([slot1, slot2], 1), coeffs, weights,
+                      role_rows(batch, "all", "forget"))
 
     def refine(self, recipe: Recipe, pred: torch.Tensor, slots: list[torch.Tensor], w: torch.Tensor,
                reduction: str, backend: str) -> Recipe:
@@ -108,7 +109,7 @@ class ReverseKLUnlearning(Method):
         forget = recipe.teacher_conds[:, 1] != NOISE
         weights = recipe.weights.clone()
         weights[:, 0] = torch.where(forget, weights[:, 0] * factor, weights[:, 0])
-        return Recipe(recipe.student_cond, recipe.teacher_conds, recipe.coeffs, weights)
+        return Recipe(recipe.student_cond, recipe.teacher_conds, recipe.coeffs, weights, recipe.teacher_rows)
 
     # --- duals -------------------------------------------------------------------------
 
