@@ -8,9 +8,16 @@ with ``--teacher-dtype bf16`` the teacher runs in bf16 under autocast).
 
 Models: ``tiny`` (a small class-conditional UNet2DModel at 16x16, for the CPU) and
 ``sd15`` (a UNet2DConditionModel with the Stable Diffusion 1.5 architecture and random
-weights, 4x64x64 latents, 77x768 text embeddings, for a GPU).
+weights, 4x64x64 latents, 77x768 text embeddings). With ``--lora R`` the student trains
+rank-R LoRA adapters on the attention projections: the engine's teacher is the same
+network with its adapters off, the straightforward loop's a deep-copied fp32 network.
+
+Peak memory: on a GPU from the allocator's statistics; on the CPU each provider runs in
+a process of its own (``--provider``) and reports its peak resident memory above what the
+process held before building the models.
 
     python bench/bench_step.py --device cpu --model tiny --batch 32
+    python bench/bench_step.py --device cpu --model sd15 --batch 2 --lora 8 --reps 2
     python bench/bench_step.py --device cuda --model sd15 --batch 8 --teacher-dtype bf16
 """
 
@@ -21,6 +28,8 @@ import copy
 import csv
 import datetime
 import os
+import resource
+import subprocess
 import sys
 
 import torch
@@ -66,6 +75,35 @@ def build(model: str, device: str):
     return EmbeddingTableUNet(unet, emb), scheduler, (4, 64, 64)
 
 
+def add_lora(adapter: ConditionedModel, rank: int) -> None:
+    """Rank-``rank`` peft LoRA adapters on the attention projections; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        lora_dropout=0.0, init_lora_weights=True)
+    adapter.module = get_peft_model(adapter.module, config)
+
+
+def _each_in_its_own_process(argv: list[str]) -> int:
+    """Both providers, each in a fresh process (the CPU's peak resident memory is per process)."""
+    lines = []
+    for provider in ("unlearn_fast", "reference_loop"):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--provider", provider],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stdout + out.stderr)
+            return out.returncode
+        lines += [line for line in out.stdout.splitlines() if line.startswith("  " + provider)]
+        header = out.stdout.splitlines()[0]
+    ms = [float(line.split()[1]) for line in lines]
+    mem = [float(line.split("peak ")[1].split()[0]) for line in lines]
+    print(header)
+    print("\n".join(lines))
+    print(f"  speed-up {ms[1] / ms[0]:.2f}x, memory ratio {mem[0] / mem[1]:.2f}x (peak resident memory above "
+          f"each process's own before the models)")
+    return 0
+
+
 def make_batch(batch: int, shape, device, forget: int = 3) -> Batch:
     g = torch.Generator().manual_seed(0)
     half = batch // 2
@@ -103,19 +141,35 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", default=None)
     parser.add_argument("--out", default=None, help="folder: writes step.csv there")
+    parser.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank")
+    parser.add_argument("--provider", default="both", choices=["both", "unlearn_fast", "reference_loop"],
+                        help="run one side only (on the CPU, 'both' runs each in its own process for peak memory)")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and args.provider == "both" and args.model == "sd15":
+        return _each_in_its_own_process(argv if argv is not None else sys.argv[1:])
     if args.threads:
         torch.set_num_threads(args.threads)
     model_name = args.model or ("sd15" if args.device == "cuda" else "tiny")
     batch_size = args.batch or (8 if model_name == "sd15" else 32)
     device = args.device
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     student, scheduler, shape = build(model_name, device)
-    teacher = copy.copy(student)
-    teacher.module = copy.deepcopy(student.module).requires_grad_(False).eval()
-    if args.teacher_dtype and device == "cuda":
-        teacher.module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[args.teacher_dtype])
+    ref_teacher = None
+    if args.provider != "unlearn_fast":  # the straightforward loop's teacher: a deep-copied network
+        ref_teacher = copy.copy(student)
+        ref_teacher.module = copy.deepcopy(student.module).requires_grad_(False).eval()
+    if args.lora:
+        add_lora(student, args.lora)
+        teacher = student.teacher()  # the same weights with the adapters off
+    else:
+        teacher = ref_teacher if ref_teacher is not None else copy.copy(student)
+        if teacher.module is student.module:
+            teacher.module = copy.deepcopy(student.module).requires_grad_(False).eval()
+        if args.teacher_dtype and device == "cuda":
+            teacher = copy.copy(teacher)
+            teacher.module = copy.deepcopy(teacher.module).to({"bf16": torch.bfloat16, "fp16": torch.float16}[args.teacher_dtype])
     batch = make_batch(batch_size, shape, device)
-    params = [p for p in student.module.parameters()]
+    params = [p for p in student.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     method = ReverseKLUnlearning([3], NUM_CONDITIONS - 1, num_conditions=NUM_CONDITIONS, init_lambda=0.5)
     teacher_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.teacher_dtype)
@@ -130,7 +184,7 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
 
     def reference():
-        loss = reference_step(student, teacher, scheduler, batch, eta, gen)
+        loss = reference_step(student, ref_teacher, scheduler, batch, eta, gen)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,22 +194,28 @@ def main(argv=None) -> int:
     versions = f"torch={torch.__version__};unlearn_fast={uf.__version__}"
     rows = []
     results = {}
-    for name, fn in (("unlearn_fast", ours), ("reference_loop", reference)):
-        q = quantiles(fn, device, warmup=2, reps=args.reps, min_seconds=0)
+    chosen = [(n, f) for n, f in (("unlearn_fast", ours), ("reference_loop", reference))
+              if args.provider in ("both", n)]
+    for name, fn in chosen:
+        q = quantiles(fn, device, warmup=1 if model_name == "sd15" and device == "cpu" else 2, reps=args.reps,
+                      min_seconds=0)
         mem = peak_memory(fn, device)
+        if mem is None and args.provider != "both":  # CPU, one provider in this process: peak RSS
+            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
         results[name] = (q, mem)
-        size = f"{model_name}-b{batch_size}" + (f"-teacher_{args.teacher_dtype}" if args.teacher_dtype else "")
+        size = f"{model_name}-b{batch_size}" + (f"-teacher_{args.teacher_dtype}" if args.teacher_dtype else "") \
+            + (f"-lora{args.lora}" if args.lora else "")
         rows.append(dict(kernel="ru_step", provider=name, mode="full", metric="ms", size=size,
                          p20=f"{q[0]:.4g}", p50=f"{q[1]:.4g}", p80=f"{q[2]:.4g}", device=dev_name,
                          versions=versions, date=date))
         if mem is not None:
             rows.append(dict(rows[-1], metric="peak_MiB", p20=f"{mem:.1f}", p50=f"{mem:.1f}", p80=f"{mem:.1f}"))
-    ours_ms, ref_ms = results["unlearn_fast"][0][1], results["reference_loop"][0][1]
-    print(f"RU step, {model_name}, batch {batch_size}, {dev_name}")
-    print(f"  unlearn_fast   {ours_ms:9.2f} ms (p50)" + (f", peak {results['unlearn_fast'][1]:.0f} MiB" if results['unlearn_fast'][1] else ""))
-    print(f"  reference loop {ref_ms:9.2f} ms (p50)" + (f", peak {results['reference_loop'][1]:.0f} MiB" if results['reference_loop'][1] else ""))
-    print(f"  speed-up {ref_ms / ours_ms:.2f}x" + (
-        f", memory ratio {results['unlearn_fast'][1] / results['reference_loop'][1]:.2f}x" if results['unlearn_fast'][1] else ""))
+    print(f"RU step, {model_name}, batch {batch_size}{f', LoRA rank {args.lora}' if args.lora else ''}, {dev_name}")
+    for name, (q, mem) in results.items():
+        print(f"  {name:15s}{q[1]:10.2f} ms (p50)" + (f", peak {mem:.0f} MiB" if mem else ""))
+    if len(results) == 2:
+        (ours_q, ours_mem), (ref_q, ref_mem) = results["unlearn_fast"], results["reference_loop"]
+        print(f"  speed-up {ref_q[1] / ours_q[1]:.2f}x" + (f", memory ratio {ours_mem / ref_mem:.2f}x" if ours_mem else ""))
     path = args.csv or (os.path.join(args.out, "step.csv") if args.out else None)
     if path:
         new = not os.path.exists(path)
