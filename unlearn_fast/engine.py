@@ -8,7 +8,7 @@ so a user's own loop (or a Lightning module) runs any method without our trainer
         loss, metrics = objective.loss(batch)
         loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-Data flow of a step (design.md): ``x_t`` from the batch (forward-noised) or from partial
+Data flow of a step (docs/design.md): ``x_t`` from the batch (forward-noised) or from partial
 sampling of the student; ONE batched no-grad teacher call for every slot of every head;
 one student call; one fused loss; the method's dual update from the same pass's
 per-sample distances (so the duals cost no extra forward).

@@ -1,6 +1,6 @@
 """The training loop: ``train(config) -> TrainResult``, on accelerate.
 
-What one run does (design.md, "one training step"):
+What one run does (docs/design.md, "one training step"):
 
 1. builds the model adapter and the noise scheduler: the embedded 16x16 MNIST class DDPM
    (``models_zoo.load_class_ddpm``) by default, a class-conditional ``UNet2DModel`` folder,

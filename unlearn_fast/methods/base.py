@@ -1,6 +1,6 @@
 """What every method shares: the batch it reads, the recipe it writes, its interface.
 
-A method is a small recipe of heads (design.md). For a batch of B samples it says
+A method is a small recipe of heads (docs/design.md). For a batch of B samples it says
 
 - which condition the student sees for each sample (``student_cond``),
 - which K-1 tensors each head reads beside the student's prediction (``teacher_conds``:
