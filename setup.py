@@ -40,7 +40,9 @@ def want_cuda() -> bool:
 
 def extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx = ["-O3"]  # torch picks the C++ standard it needs (C++17, or C++20 from 2.14)
+    # torch picks the C++ standard it needs (C++17, or C++20 from 2.14). -g0 overrides the -g
+    # of Python's default flags: the debug info is 96% of the library (19.5 MB against 0.75 MB).
+    cxx = ["-O3", "-g0"]
     if want_cuda():
         sources = cpu_sources + sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
