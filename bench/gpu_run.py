@@ -43,48 +43,48 @@ class Step:
     env: dict = field(default_factory=dict)
 
 
-def gpu_steps(work: str) -> list[Step]:
-    kernels_csv, step_csv = os.path.join(work, "kernels.csv"), os.path.join(work, "step.csv")
-    bench = [PY, "bench/bench_kernels.py", "--device", "cuda", "--reps", "30", "--min-seconds", "0.3",
-             "--csv", kernels_csv]
-    return [
-        Step("build", [PY, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", "."], 240,
-             required=True, env={"UNLEARN_FAST_CUDA": "1"}),
-        Step("backends", [PY, "bench/gpu_run.py", "--check-backends", "cuda", "triton"], 30, required=True),
-        Step("gpu_tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
-                           "tests/test_fused_eps_loss.py", "tests/test_triton_kernel.py"], 120),
-        Step("kernels_fp32", bench + ["--compile", "default", "--sizes", "1x4x64x64", "8x4x64x64", "8x4x128x128",
-                                      "8x16x128x128", "1x16x16x60x90"], 100),
-        Step("kernels_bf16", bench + ["--dtype", "bfloat16", "--compile", "default", "--sizes", "8x4x128x128",
-                                      "8x16x128x128"], 60),
-        Step("kernels_autotune", bench + ["--compile", "max-autotune", "--sizes", "8x4x128x128"], 90),
-        Step("step_sd15_fp32", [PY, "bench/bench_step.py", "--device", "cuda", "--model", "sd15", "--batch", "8",
-                                "--reps", "5", "--csv", step_csv], 60),
-        Step("step_sd15_bf16", [PY, "bench/bench_step.py", "--device", "cuda", "--model", "sd15", "--batch", "8",
-                                "--reps", "5", "--teacher-dtype", "bf16", "--csv", step_csv], 60),
-        Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], 30),
-    ]
+#: What differs between the GPU run and its CPU dry run; the steps themselves are one list.
+MODES = {
+    "gpu": dict(
+        build=[PY, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", "."],
+        build_env={"UNLEARN_FAST_CUDA": "1"}, backends=["cuda", "triton"], env={},
+        tests=["tests/test_cuda_kernel.py", "tests/test_fused_eps_loss.py", "tests/test_triton_kernel.py"],
+        bench=["--device", "cuda", "--reps", "30", "--min-seconds", "0.3"],
+        fp32=["--compile", "default", "--sizes", "1x4x64x64", "8x4x64x64", "8x4x128x128", "8x16x128x128",
+              "1x16x16x60x90"],
+        bf16=["--compile", "default", "--sizes", "8x4x128x128", "8x16x128x128"],
+        autotune=["--compile", "max-autotune", "--sizes", "8x4x128x128"],
+        step=["--device", "cuda", "--model", "sd15", "--batch", "8", "--reps", "5"],
+        limits=dict(build=240, backends=30, tests=120, fp32=100, bf16=60, autotune=90, step=60, plots=30)),
+    "dry": dict(
+        build=[PY, "-c", "import unlearn_fast._C"], build_env={}, backends=["cpu", "triton"],
+        env={"TRITON_INTERPRET": "1"},
+        tests=["tests/test_cuda_kernel.py", "tests/test_triton_kernel.py", "-k", "grid or guard or device or tail or heads"],
+        bench=["--device", "cpu", "--reps", "3", "--min-seconds", "0", "--warmup", "1"],
+        fp32=["--compile", "--sizes", "2x4x8x8", "1x3x5x7"],
+        bf16=["--compile", "--sizes", "2x4x8x8"],
+        autotune=["--compile", "default", "--sizes", "2x4x8x8"],
+        step=["--device", "cpu", "--model", "tiny", "--batch", "4", "--reps", "2"],
+        limits=dict(build=60, backends=60, tests=120, fp32=60, bf16=60, autotune=240, step=120, plots=60)),
+}
 
 
-def dry_run_steps(work: str) -> list[Step]:
+def steps(work: str, mode: str) -> list[Step]:
+    m, lim = MODES[mode], MODES[mode]["limits"]
     kernels_csv, step_csv = os.path.join(work, "kernels.csv"), os.path.join(work, "step.csv")
-    bench = [PY, "bench/bench_kernels.py", "--device", "cpu", "--reps", "3", "--min-seconds", "0", "--warmup", "1",
-             "--csv", kernels_csv]
-    interp = {"TRITON_INTERPRET": "1"}
+    bench = [PY, "bench/bench_kernels.py", *m["bench"], "--csv", kernels_csv]
+    step = [PY, "bench/bench_step.py", *m["step"], "--csv", step_csv]
     return [
-        Step("build", [PY, "-c", "import unlearn_fast._C"], 60, required=True),
-        Step("backends", [PY, "bench/gpu_run.py", "--check-backends", "cpu", "triton"], 60, required=True, env=interp),
-        Step("gpu_tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
-                           "tests/test_triton_kernel.py", "-k", "grid or guard or device or tail or heads"], 120,
-             env=interp),
-        Step("kernels_fp32", bench + ["--compile", "--sizes", "2x4x8x8", "1x3x5x7"], 60),
-        Step("kernels_bf16", bench + ["--dtype", "bfloat16", "--compile", "--sizes", "2x4x8x8"], 60),
-        Step("kernels_autotune", bench + ["--compile", "default", "--sizes", "2x4x8x8"], 240),
-        Step("step_sd15_fp32", [PY, "bench/bench_step.py", "--device", "cpu", "--model", "tiny", "--batch", "4",
-                                "--reps", "2", "--csv", step_csv], 120),
-        Step("step_sd15_bf16", [PY, "bench/bench_step.py", "--device", "cpu", "--model", "tiny", "--batch", "4",
-                                "--reps", "2", "--teacher-dtype", "bf16", "--csv", step_csv], 120),
-        Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], 60),
+        Step("build", m["build"], lim["build"], required=True, env=m["build_env"]),
+        Step("backends", [PY, "bench/gpu_run.py", "--check-backends", *m["backends"]], lim["backends"],
+             required=True, env=m["env"]),
+        Step("gpu_tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *m["tests"]], lim["tests"], env=m["env"]),
+        Step("kernels_fp32", bench + m["fp32"], lim["fp32"]),
+        Step("kernels_bf16", bench + ["--dtype", "bfloat16"] + m["bf16"], lim["bf16"]),
+        Step("kernels_autotune", bench + m["autotune"], lim["autotune"]),
+        Step("step_sd15_fp32", step, lim["step"]),
+        Step("step_sd15_bf16", step + ["--teacher-dtype", "bf16"], lim["step"]),
+        Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], lim["plots"]),
     ]
 
 
@@ -153,14 +153,14 @@ def main(argv=None) -> int:
     device = describe_device(args.cpu_dry_run)
     out = args.out or os.path.join(ROOT, "bench", "results", f"{device['slug']}-{datetime.date.today().isoformat()}")
     os.makedirs(out, exist_ok=True)
-    steps = dry_run_steps(work) if args.cpu_dry_run else gpu_steps(work)
+    plan = steps(work, "dry" if args.cpu_dry_run else "gpu")
 
     header = [f"# GPU run{' (CPU dry run)' if args.cpu_dry_run else ''}: {device['name']}", "",
               f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {device['versions']}; "
               f"budget {budget:.0f} s", "", "| step | status | seconds |", "|---|---|---|"]
     print("\n".join(header), flush=True)
     rows, failed, stopped = [], False, False
-    for step in steps:
+    for step in plan:
         if stopped:
             status, seconds = "skipped: an earlier required step failed", 0.0
         else:
