@@ -45,5 +45,4 @@ def require_embedded(name: str) -> str:
         raise ValueError(f"name: expected one of {sorted(REQUIRED)}, got {name!r}")
     for relative in REQUIRED[name]:
         asset_path(relative)
-    first = REQUIRED[name][0]
-    return os.path.join(ASSETS_DIR, first.split("/")[0]) if "/" in first else ASSETS_DIR  # a model's folder
+    return os.path.normpath(os.path.join(ASSETS_DIR, os.path.commonpath(REQUIRED[name])))  # the model's folder

@@ -151,20 +151,16 @@ class UnlearningObjective:
         row = torch.arange(B, device=conds.device)
         outside = torch.stack([(row < a) | (row >= b) for a, b in teacher_rows], 1)
         check_all(~(need & outside), "recipe.teacher_rows: a row outside its slot's range reads the teacher")
-        spans = [(a, b) for a, b in teacher_rows]
-        live = [s for s, (a, b) in enumerate(spans) if b > a]
+        live = [(s, slice(a, b)) for s, (a, b) in enumerate(teacher_rows) if b > a]
         full = [None] * S
         if live:
-            x = torch.cat([x_t[spans[s][0]:spans[s][1]] for s in live])
-            tt = torch.cat([t[spans[s][0]:spans[s][1]] for s in live])
-            # NOISE rows inside a range get a valid condition (the model's null) and are discarded below
-            cc = torch.cat([torch.where(need[spans[s][0]:spans[s][1], s], conds[spans[s][0]:spans[s][1], s],
-                                        torch.full_like(conds[spans[s][0]:spans[s][1], s], self.teacher.null_id))
-                            for s in live])
-            out = self._teacher(x, tt, cc).to(x_t.dtype).split([spans[s][1] - spans[s][0] for s in live])
-            for s, o in zip(live, out):
+            # NOISE rows inside a range get a valid condition (the model's null); their output is discarded
+            cond = conds.masked_fill(~need, self.teacher.null_id)
+            out = self._teacher(torch.cat([x_t[r] for _, r in live]), torch.cat([t[r] for _, r in live]),
+                                torch.cat([cond[r, s] for s, r in live]))
+            for (s, _), o in zip(live, out.to(x_t.dtype).split([r.stop - r.start for _, r in live])):
                 full[s] = o
-        return spans, full
+        return list(teacher_rows), full
 
     def _teacher_by_mask(self, x_t, t, noise, conds, need):
         """Without host-known rows: gather the needed (sample, slot) pairs by ``nonzero``

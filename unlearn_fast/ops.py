@@ -303,7 +303,6 @@ def _fast_call(pred, others, coeffs, weights, reduction, backend):
     return loss, dist
 
 
-
 def fused_eps_loss(
     pred: torch.Tensor,
     others: Sequence[torch.Tensor],
@@ -335,8 +334,8 @@ def fused_eps_loss(
 
     The kernels compute in float32 (float64 for float64 inputs) whatever the input dtype;
     the gradient reaching ``pred`` is scaled by ``grad_output`` in that dtype and rounded
-    to ``pred``'s dtype once (so a loss scale keeps float16 gradients accurate). See the module docstring for the one
-    layout copy they may make.
+    to ``pred``'s dtype once (so a loss scale keeps float16 gradients accurate). See the
+    module docstring for the one layout copy they may make.
     """
     fast = _fast_call(pred, others, coeffs, weights, reduction, backend)
     if fast is not None:

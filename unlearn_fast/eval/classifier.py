@@ -99,9 +99,10 @@ def load_classifier(
     """The shipped classifier, in eval mode with gradients off (no download)."""
     from safetensors.torch import load_file
 
-    if weights is None or weights in (CLASSIFIER_WEIGHTS_FILE, DETECTOR_WEIGHTS_FILE):
-        require_embedded("classifier" if weights is None or weights == CLASSIFIER_WEIGHTS_FILE else "detector")
     weights = weights or CLASSIFIER_WEIGHTS_FILE
+    shipped = {CLASSIFIER_WEIGHTS_FILE: "classifier", DETECTOR_WEIGHTS_FILE: "detector"}
+    if weights in shipped:
+        require_embedded(shipped[weights])
     config = config or (
         CLASSIFIER_CONFIG_FILE if weights == CLASSIFIER_WEIGHTS_FILE else os.path.splitext(weights)[0] + "_config.json"
     )

@@ -116,7 +116,6 @@ def host_side():
         HOST_SIDE -= 1
 
 
-
 def check_all(condition: torch.Tensor, message: str) -> None:
     """Raise ValueError(message) unless every element holds: eagerly on the CPU, without a
     host synchronisation on a GPU (an asynchronous device assertion)."""
