@@ -29,7 +29,7 @@ from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings
 from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from unlearn_fast.eval.report import public, write_json
 from unlearn_fast.models_zoo import load_embedded
-from unlearn_fast.trainer import list_checkpoints, train
+from unlearn_fast.training import list_checkpoints, train
 
 CONSTRAINED = {"ru", "fu", "lu"}
 UA_TARGET = 0.99

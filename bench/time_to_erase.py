@@ -7,7 +7,7 @@ from the same weights with the same batch size and learning rate; every ``--prob
 steps the UA is probed (the forgotten digit's samples only, not timed), and when it reaches
 the target the full evaluation decides. The clock counts training only.
 
-- ``engine``: ``unlearn_fast.trainer.train`` with the demo's RU settings (one batched
+- ``engine``: ``unlearn_fast.training.train`` with the demo's RU settings (one batched
   teacher call, the fused loss, the dual update), run in chunks of ``--probe-every`` steps
   through its checkpoints (``--resume latest``), so the probes sit outside the clock.
 - ``esd_loop``: ESD as its public training script runs it: each step draws a DDIM stop
@@ -40,7 +40,7 @@ from unlearn_fast.config import TrainConfig
 from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings
 from unlearn_fast.eval.metrics import embedded_evaluator
 from unlearn_fast.models_zoo import load_embedded
-from unlearn_fast.trainer import train
+from unlearn_fast.training import train
 
 UA_TARGET, MAX_DROP, MAX_FID_RATIO = 0.99, 0.02, 1.25
 

@@ -20,7 +20,7 @@ optimizer, step, RNG, elapsed time) is written atomically to --ckpt, and every -
 steps the EMA model is exported to --out as a pipeline-style folder (unet/, text_encoder/,
 tokenizer/, scheduler/, train_info.json), file by file with os.replace, so an intermediate
 model can be checked (--check) and loaded with unlearn_fast.models_zoo.load_text_ddpm or by
-unlearn_fast.trainer as a "text" model. A run resumes from --ckpt automatically
+unlearn_fast.training as a "text" model. A run resumes from --ckpt automatically
 (--no-resume to start over); --steps can be raised on resume. --max-minutes stops cleanly
 (checkpoint + export) after that much wall time.
 
@@ -101,7 +101,7 @@ def export(ema: TextDDPM, tokenizer, scheduler, out_dir, info):
 def quality_check(args):
     """Sample --n-per-class per digit from "a handwritten digit N" and classify them."""
     from unlearn_fast.eval.classifier import load_classifier
-    from unlearn_fast.eval.sampling import sample
+    from unlearn_fast.sampling import sample
     from unlearn_fast.models_zoo import load_text_ddpm
 
     prompts = [digit_prompt(d) for d in range(NUM_CLASSES)]

@@ -22,7 +22,7 @@ from unlearn_fast.eval.classifier import DigitClassifier
 from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings
 from unlearn_fast.methods import FORGET, METHODS, RETAIN, Batch, LocalityAwareContinualUnlearning
 from unlearn_fast.models import ClassConditionalUNet
-from unlearn_fast.trainer import l2_anchor_penalty, train
+from unlearn_fast.training import l2_anchor_penalty, train
 
 from helpers import DT, N_COND, SHAPE, T, TinyModel, tiny_class_unet as tiny_unet  # noqa: E402
 

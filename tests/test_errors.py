@@ -19,7 +19,7 @@ from unlearn_fast import fused_eps_loss
 from unlearn_fast.config import ConfigError, TrainConfig, load_train_config
 from unlearn_fast.methods import METHODS
 from unlearn_fast.schedules import lookup, timestep_weights
-from unlearn_fast.trainer import SampleSource, train
+from unlearn_fast.training import SampleSource, train
 
 
 def _inputs(B=2, D=(3, 4), K=2, M=2):
@@ -60,7 +60,7 @@ def test_per_sample_coeffs_with_wrong_batch_and_weights_dtype():
 @pytest.mark.parametrize("timesteps, match", [
     (torch.tensor([0, 10]), r"^timesteps: expected values in \[0, 10\) .*got min 0, max 10"),
     (torch.tensor([-1, 3]), r"^timesteps: expected values in \[0, 10\) .*got min -1, max 3"),
-    (torch.tensor([10.5]), r"^timesteps: expected values in \[0, 10\)"),
+    (torch.tensor([10.5]), r"^timesteps: expected float timesteps in \[0, 10\], got min 10.5"),
     (torch.tensor([[1, 2]]), r"^timesteps: expected a 1-D tensor \[B\], got shape \(1, 2\)"),
     (torch.tensor([True]), r"^timesteps: expected an integer or float tensor, got torch.bool"),
 ])

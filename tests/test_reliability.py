@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 import unlearn_fast as uf
 from unlearn_fast import fused_eps_loss
 from unlearn_fast.config import TrainConfig
-from unlearn_fast.trainer import list_checkpoints, load_model, train
+from unlearn_fast.training import list_checkpoints, load_model, train
 
 from helpers import tiny_class_unet  # noqa: E402
 
@@ -274,14 +274,15 @@ def test_cpu_kernel_offsets_past_2_31_elements(request):
 RANDOM_KILL_SCRIPT = """
 import sys, time, torch
 torch.set_num_threads(1)
-import unlearn_fast.trainer as trainer
+import unlearn_fast.training as trainer
+import unlearn_fast.training.data as data
 from unlearn_fast.config import TrainConfig
 
 real_sample = trainer.SampleSource.sample
 def paced_sample(self, generator):  # each step takes >= 0.15 s, so the watcher can catch it
     time.sleep(0.15)
     return real_sample(self, generator)
-trainer.SampleSource.sample = paced_sample
+data.SampleSource.sample = paced_sample
 trainer.train(TrainConfig(**{config}))
 """
 

@@ -23,7 +23,7 @@ from unlearn_fast.methods import (
 )
 from unlearn_fast.methods import base
 from unlearn_fast.methods.lacu import LocalityAwareContinualUnlearning
-from unlearn_fast.trainer import SampleSource
+from unlearn_fast.training import SampleSource
 
 from helpers import DT, N_COND, NULL, SHAPE, T, TinyModel  # noqa: E402
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from unlearn_fast.cli import main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig, load_train_config
 from unlearn_fast.methods import METHODS, NegGrad
-from unlearn_fast.trainer import NonFiniteError, list_checkpoints, train
+from unlearn_fast.training import NonFiniteError, list_checkpoints, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,8 @@ KILL_SCRIPT = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-import unlearn_fast.trainer as trainer
+import unlearn_fast.training.checkpoints as trainer
+from unlearn_fast.training import train
 from unlearn_fast.config import TrainConfig
 
 real_save = trainer.save_file
@@ -209,7 +210,7 @@ def dying_save(tensors, filename, metadata=None):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(tensors, filename, metadata=metadata)
 trainer.save_file = dying_save
-trainer.train(TrainConfig(**{config}))
+train(TrainConfig(**{config}))
 """
 
 
@@ -281,7 +282,7 @@ DDP_SCRIPT = """
 import os, torch
 torch.set_num_threads(1)
 from unlearn_fast.config import TrainConfig
-from unlearn_fast.trainer import train
+from unlearn_fast.training import train
 import torch.distributed as dist
 result = train(TrainConfig(**{config}))
 rank = dist.get_rank()
@@ -354,7 +355,9 @@ def test_text_prompt_erasure_with_lora(text_dir, tmp_path):
     # LoRA checkpoints hold the adapter weights only
     ckpt = load_file(str(out / "checkpoint-00000002" / "model.safetensors"))
     assert ckpt and all("lora_" in k for k in ckpt)
-    assert (Path(result.final_dir) / "lora" / "adapter_model.safetensors").is_file()
+    # final/lora is in diffusers' LoRA format: the UNet's adapters under "unet."
+    lora = load_file(str(Path(result.final_dir) / "lora" / "pytorch_lora_weights.safetensors"))
+    assert lora and all(k.startswith("unet.") and ".lora_" in k for k in lora)
     assert "ru/lambda[0]" in result.metrics
 
     # the final folder loads through diffusers / transformers; the merged UNet changed
@@ -391,7 +394,8 @@ def test_pool_with_mnist_conditions_takes_real_images_for_those_classes(class_di
     from types import SimpleNamespace
 
     from unlearn_fast.data import load_split
-    from unlearn_fast.trainer import _pool_source, load_model
+    from unlearn_fast.training import load_model
+    from unlearn_fast.training.data import pool_source as _pool_source
 
     config = tiny(class_dir, tmp_path / "run", data="pool", pool_size=3, pool_steps=2, mnist_conditions=["7"],
                   max_steps=1)

@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import NonFiniteError, train
+    from .training import NonFiniteError, train
 
     config = config_from_args(args)
     try:

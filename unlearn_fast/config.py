@@ -57,11 +57,14 @@ class TrainConfig:
         anchor: the anchor condition of RU/LU/ESD/ablation (default: the null condition).
 
     Model:
-        model: ``"class"`` (a class-conditional ``UNet2DModel`` folder, flat or with ``unet/`` and
-            ``scheduler/``), ``"text"`` (a pipeline folder with ``unet/``, ``text_encoder/``,
-            ``tokenizer/``, ``scheduler/``) or ``"auto"`` (text when the folder has ``text_encoder/``).
+        model: the model family (``unlearn_fast.models.FAMILIES``): ``"class"`` (a class-conditional
+            ``UNet2DModel`` folder, flat or with ``unet/`` and ``scheduler/``), ``"sd"`` (SD 1.x/2.x
+            pipeline; ``"text"`` is the same), ``"sdxl"``, ``"sd3"``, ``"flux"``, ``"dit"``, or
+            ``"auto"`` (from the folder's ``model_index.json``; docs/models.md).
         model_path: a diffusers folder; ``None`` is the embedded 16x16 MNIST model: the class DDPM,
             or the text-conditioned DDPM with ``model = "text"``.
+        resolution: image side in pixels for the families that condition on it (SDXL's time ids)
+            or whose default is large (SD3, Flux: 1024); ``None``: the model's default.
         null_class: the null class id of a class model (default: the last class).
         allow_pickle: also load pickle-based weights (``diffusion_pytorch_model.bin``,
             ``pytorch_model.bin``, ``.pt``/``.pth``/``.ckpt``) when a folder has no safetensors
@@ -70,7 +73,8 @@ class TrainConfig:
     Data:
         data: ``"mnist"`` (the embedded MNIST train split), ``"pool"`` (samples of the frozen
             teacher, generated once with DDIM) or ``"auto"`` (mnist for class models, pool for text).
-        pool_size, pool_steps, pool_guidance: teacher samples per condition, DDIM steps, CFG scale.
+        pool_size, pool_steps, pool_guidance: teacher samples per condition, sampler steps, CFG
+            scale (``None``: the family's default, 1.5 for the embedded models).
         mnist_conditions: with ``data = "pool"`` on a class model, these classes take ``pool_size``
             MNIST train images instead of pool samples (continual LACU gives the classes erased
             earlier, so their mapping is retrained where their real images lie).
@@ -87,7 +91,9 @@ class TrainConfig:
         their values at the start of the run, e.g. the previous model of a continual
         sequence; 0: off).
     Objective: weighting, snr_gamma, reduction, source (None: the method's default), t_range,
-        sampler_steps, guidance_scale (ESD's partial sampling).
+        sampler_steps, guidance_scale (ESD's partial sampling); for flow-matching families the
+        timestep density (``timestep_sampling``: uniform, logit_normal with ``logit_mean`` and
+        ``logit_std``, or mode with ``mode_scale``, as diffusers' flow-matching scripts draw them).
     Run: checkpoint_every (0: never), keep_checkpoints (0: all), output_dir, resume (None,
         ``"latest"`` or a checkpoint folder), overwrite, seed, deterministic, log_every,
         tensorboard, progress.
@@ -99,15 +105,16 @@ class TrainConfig:
     retain: list[Condition] = field(default_factory=list)
     anchor: Optional[Condition] = None
 
-    model: Literal["auto", "class", "text"] = "auto"
+    model: Literal["auto", "class", "text", "sd", "sdxl", "sd3", "flux", "dit"] = "auto"
     model_path: Optional[str] = None
+    resolution: Optional[int] = None
     null_class: Optional[int] = None
     allow_pickle: bool = False
 
     data: Literal["auto", "mnist", "pool"] = "auto"
     pool_size: int = 64
     pool_steps: int = 20
-    pool_guidance: float = 1.5  # the embedded model degrades above ~1.5 (assets/README.md)
+    pool_guidance: Optional[float] = None
     mnist_conditions: list[Condition] = field(default_factory=list)
 
     max_steps: int = 200
@@ -137,6 +144,10 @@ class TrainConfig:
     reduction: Literal["mean", "sum"] = "mean"
     source: Optional[Literal["data", "student"]] = None
     t_range: Optional[list[int]] = None
+    timestep_sampling: Literal["uniform", "logit_normal", "mode"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     sampler_steps: int = 20
     guidance_scale: float = 1.5
 
@@ -183,6 +194,10 @@ class TrainConfig:
             raise ConfigError(f"max_grad_norm: expected a float > 0 or null, got {self.max_grad_norm}")
         if self.weighting == "min_snr" and (self.snr_gamma is None or not self.snr_gamma > 0):
             raise ConfigError(f"snr_gamma: weighting 'min_snr' needs a float > 0, got {self.snr_gamma}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ConfigError(f"resolution: expected an image side in pixels >= 8, got {self.resolution}")
+        if not self.logit_std > 0:
+            raise ConfigError(f"logit_std: expected a float > 0, got {self.logit_std}")
         if self.t_range is not None and (len(self.t_range) != 2 or not 0 <= self.t_range[0] < self.t_range[1]):
             raise ConfigError(f"t_range: expected [low, high] with 0 <= low < high, got {self.t_range}")
         if not self.forget:

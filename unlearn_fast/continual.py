@@ -5,7 +5,7 @@
 
 Request ``n`` starts from ``theta_{n-1}`` (the model the previous request produced; the
 original model for ``n = 1``) and uses its frozen copy as the teacher: each request is one
-``trainer.train`` run whose ``model_path`` is the previous run's ``final/`` folder. After
+``training.train`` run whose ``model_path`` is the previous run's ``final/`` folder. After
 every request the evaluator (``eval.metrics.ClassEvaluator``) scores the model on
 everything erased so far: UA (mean over the erased classes, and per class), retain
 accuracy, neighbour retention, Frechet distance and the KL to the original model.
@@ -64,7 +64,7 @@ from typing import Sequence
 import torch
 
 from .eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
-from .eval.sampling import sample
+from .sampling import sample
 from .models import ConditionedModel
 from .models_zoo import embedded_condition_names, load_embedded
 from .ops import fused_eps_loss
@@ -386,7 +386,7 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
                    l2_anchor: float = 0.0, lr: float | None = None, seed: int = 0, overrides: dict | None = None):
     from .config import TrainConfig
     from .methods import METHODS
-    from .trainer import train
+    from .training import train
 
     names = embedded_condition_names(settings.model)
     extra = dict(NAIVE_RU) if method == "ru" else {}

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from .eval.report import public, save_grid, table, write_json
 from .models_zoo import DIGIT_PROMPT_TEMPLATES, digit_prompt, embedded_condition_names, load_embedded
-from .trainer import train
+from .training import train
 
 DEMO_MODELS = ("class", "text")
 #: the text demo's training pool: samples of the frozen model, ``DemoSettings.pool_size`` per

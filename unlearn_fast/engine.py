@@ -22,7 +22,9 @@ import torch
 
 from .methods.base import NOISE, Batch, Method, Recipe, check_all, host_side
 from .models import ConditionedModel
+from .noising import noising_for
 from .ops import fused_eps_loss
+from .sampling import Sampler, guided
 from .schedules import timestep_weights
 
 SOURCES = ("data", "student")
@@ -41,7 +43,10 @@ class UnlearningObjective:
         reduction: the fused op's per-sample reduction (``"sum"`` gives nats with ``kl``).
         source: ``"data"`` (forward-noised ``batch.x0``) or ``"student"`` (ESD: the student
             samples from noise, without gradient, down to a random step); default: the method's.
-        t_range: timesteps drawn uniformly from ``[t_range[0], t_range[1])``.
+        t_range: timesteps drawn from ``[t_range[0], t_range[1])`` (uniformly for DDPM-style
+            schedulers; by ``noising``'s density for flow matching).
+        noising: how clean samples are noised and what the true target is
+            (``noising.noising_for(scheduler, t_range)`` by default: epsilon, v or velocity).
         sampler_steps: DDIM steps of the student's partial sampling.
         teacher_dtype: dtype of the teacher's forward (e.g. ``torch.bfloat16`` on a GPU).
         guidance_scale: classifier-free guidance of the student's partial sampling.
@@ -52,20 +57,17 @@ class UnlearningObjective:
                  weighting: str = "simple", snr_gamma: float | None = None, reduction: str = "mean",
                  source: str | None = None,
                  t_range: tuple[int, int] | None = None, sampler_steps: int = 20, teacher_dtype=None,
-                 guidance_scale: float = 3.0, backend: str = "auto", update_duals: bool = True):
+                 guidance_scale: float = 3.0, backend: str = "auto", update_duals: bool = True, noising=None):
         source = source or method.default_source
         if source not in SOURCES:
             raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
         T = scheduler.config.num_train_timesteps
-        t_range = t_range or (0, T)
-        if not 0 <= t_range[0] < t_range[1] <= T:
-            raise ValueError(f"t_range: expected 0 <= low < high <= {T}, got {t_range}")
+        self.noising = noising if noising is not None else noising_for(scheduler, t_range)
         self.model = model
         self.teacher = teacher if teacher is not None else model.teacher()
         self.scheduler = scheduler
         self.method = method
         self.source = source
-        self.t_range = t_range
         self.sampler_steps = sampler_steps
         self.teacher_dtype = teacher_dtype
         self.guidance_scale = guidance_scale
@@ -78,26 +80,24 @@ class UnlearningObjective:
     # --- x_t -------------------------------------------------------------------------
 
     def _noised(self, batch: Batch, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, t, target)``: ``batch.x0`` noised at drawn timesteps, and the true target there."""
         x0 = batch.x0
-        t = torch.randint(*self.t_range, (len(batch),), device=x0.device, generator=generator)
+        t = self.noising.draw(len(batch), x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        return self.scheduler.add_noise(x0, noise, t), t, noise
+        return self.noising.add_noise(x0, noise, t), t, self.noising.target(x0, noise, t)
 
-    def _ddim(self):
-        """The student's DDIM sampler and its timesteps as host ints, made once."""
-        if getattr(self, "_ddim_cache", None) is None:
-            from diffusers import DDIMScheduler
-
-            ddim = DDIMScheduler.from_config(self.scheduler.config)
-            ddim.set_timesteps(self.sampler_steps)
-            self._ddim_cache = (ddim, ddim.timesteps.tolist())  # (the scheduler keeps them on the CPU)
-        return self._ddim_cache
+    def _sampler(self, shape) -> Sampler:
+        """The student's sampler, made once (its schedule is host numbers)."""
+        if getattr(self, "_sampler_cache", None) is None:
+            self._sampler_cache = Sampler(self.scheduler, self.sampler_steps, tuple(shape))
+        return self._sampler_cache
 
     @torch.no_grad()
     def _from_student(self, batch: Batch, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ESD's x_t: the student samples (DDIM, guided) from noise down to a random step."""
-        ddim, timesteps = self._ddim()
+        """ESD's x_t: the student samples (guided) from noise down to a random step. The
+        third value stands where the true target would be; no method reads it on this path."""
         x0 = batch.x0
+        sampler = self._sampler(x0.shape[1:])
         # The loop length is a host int: drawn from a CPU generator (a CPU `generator`, else
         # torch's default one, which the trainer checkpoints), never read back from a GPU.
         host_gen = generator if generator is not None and generator.device.type == "cpu" else None
@@ -107,34 +107,34 @@ class UnlearningObjective:
         null = torch.full_like(batch.cond, self.model.null_id)
         was_training = self.model.module.training
         self.model.module.eval()
-        for t in timesteps[:stop]:
-            tt = torch.full((len(batch),), t, device=x0.device, dtype=torch.long)  # a fill, not a copy
-            eps = self.model.predict(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([batch.cond, null]))
-            cond, uncond = eps.chunk(2)
-            x = ddim.step(uncond + self.guidance_scale * (cond - uncond), t, x).prev_sample
+        for i in range(stop):
+            pred = guided(self.model, x, sampler.timestep(i, len(batch), x0.device), batch.cond, null,
+                          self.guidance_scale)
+            x = sampler.step(pred, i, x)
         self.model.module.train(was_training)
-        t = torch.full((len(batch),), timesteps[stop], device=x0.device, dtype=torch.long)
+        t = sampler.timestep(stop, len(batch), x0.device)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         return x, t, noise
 
     # --- teacher -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def teacher_slots(self, x_t, t, noise, recipe: Recipe) -> list[torch.Tensor]:
-        """One batched teacher call for every (sample, slot) that needs a prediction."""
+    def teacher_slots(self, x_t, t, target, recipe: Recipe) -> list[torch.Tensor]:
+        """One batched teacher call for every (sample, slot) that needs a prediction; ``NOISE``
+        slots read ``target``, the true target at ``x_t`` (the noise for an epsilon model)."""
         conds = recipe.teacher_conds  # [B, S]
         B, S = conds.shape
         need = conds != NOISE  # [B, S]
         if recipe.teacher_rows is None:
-            rows, full = self._teacher_by_mask(x_t, t, noise, conds, need)
+            rows, full = self._teacher_by_mask(x_t, t, target, conds, need)
         else:
             rows, full = self._teacher_by_rows(x_t, t, conds, need, recipe.teacher_rows)
         slots = []
         for s in range(S):
             start, stop = rows[s]
             mask = need[start:stop, s].view(-1, *([1] * (x_t.dim() - 1)))
-            inside = torch.where(mask, full[s], noise[start:stop]) if stop > start else noise[:0]
-            slots.append(inside if (start, stop) == (0, B) else torch.cat([noise[:start], inside, noise[stop:]]))
+            inside = torch.where(mask, full[s], target[start:stop]) if stop > start else target[:0]
+            slots.append(inside if (start, stop) == (0, B) else torch.cat([target[:start], inside, target[stop:]]))
         return slots
 
     def _teacher(self, x, t, cond) -> torch.Tensor:
@@ -162,15 +162,15 @@ class UnlearningObjective:
                 full[s] = o
         return list(teacher_rows), full
 
-    def _teacher_by_mask(self, x_t, t, noise, conds, need):
+    def _teacher_by_mask(self, x_t, t, target, conds, need):
         """Without host-known rows: gather the needed (sample, slot) pairs by ``nonzero``
         (a host synchronisation on a GPU)."""
         B, S = conds.shape
         flat = need.T.reshape(-1)  # slot-major: slot s of all samples, then slot s+1
         idx = flat.nonzero().squeeze(1)
         sample = idx % B
-        full = noise.new_zeros((S * B, *x_t.shape[1:]))
-        if idx.numel():  # methods whose slots all read the noise need no teacher
+        full = target.new_zeros((S * B, *x_t.shape[1:]))
+        if idx.numel():  # methods whose slots all read the true target need no teacher
             full[idx] = self._teacher(x_t[sample], t[sample], conds.T.reshape(-1)[idx]).to(x_t.dtype)
         return [(0, B)] * S, list(full.split(B))
 
@@ -181,12 +181,12 @@ class UnlearningObjective:
         if len(batch) == 0:
             raise ValueError("batch: empty batch")
         if self.source == "data":
-            x_t, t, noise = self._noised(batch, generator)
+            x_t, t, target = self._noised(batch, generator)
         else:
-            x_t, t, noise = self._from_student(batch, generator)
-        w = self.weight_table.to(x_t.device)[t]  # a no-op once the trainer has moved the table
+            x_t, t, target = self._from_student(batch, generator)
+        w = self.weight_table.to(x_t.device)[self.noising.weight_index(t)]  # .to: a no-op once moved
         recipe = self.method.recipe(batch, w)
-        slots = self.teacher_slots(x_t, t, noise, recipe)
+        slots = self.teacher_slots(x_t, t, target, recipe)
         pred = self.model.predict(x_t, t, recipe.student_cond)
         if pred.dtype != x_t.dtype:
             slots = [s.to(pred.dtype) for s in slots]

@@ -149,7 +149,7 @@ def load_class_ddpm(
 #   the null / unconditional prompt (prompt dropout 0.1 in training). Epsilon prediction, the
 #   scheduler of :func:`build_class_scheduler_config`. Weights: ``assets/text_ddpm/``, a
 #   pipeline-style folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) that
-#   ``unlearn_fast.trainer`` loads as a ``"text"`` model; trained by
+#   ``unlearn_fast.training`` loads as a ``"text"`` model; trained by
 #   ``scripts/pretrain_text_ddpm.py``.
 
 TEXT_DDPM_DIR = os.path.join(ASSETS_DIR, "text_ddpm")
@@ -321,10 +321,7 @@ def load_text_ddpm(
     ``scheduler/``). Weights load from safetensors; pickle-only weights are refused unless
     ``allow_pickle=True`` (see :func:`weights_use_safetensors`).
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .models import TextConditionalUNet
+    from .models.sd import load_sd
 
     path = path or require_embedded("text_ddpm")
     if not os.path.exists(os.path.join(path, "unet", "config.json")):
@@ -332,21 +329,10 @@ def load_text_ddpm(
             f"path: text DDPM not found at {path} (expected a folder with unet/config.json, "
             "as scripts/pretrain_text_ddpm.py writes)"
         )
-    unet = UNet2DConditionModel.from_pretrained(
-        path, subfolder="unet", local_files_only=True, torch_dtype=dtype,
-        use_safetensors=weights_use_safetensors(os.path.join(path, "unet"), allow_pickle, what="path"))
-    unet = unet.to(device).eval()
-    text_dir = os.path.join(path, "text_encoder")
-    text_encoder = CLIPTextModel.from_pretrained(
-        text_dir, local_files_only=True,
-        use_safetensors=weights_use_safetensors(text_dir, allow_pickle, what="path")).to(device).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
-    if os.path.exists(os.path.join(path, "scheduler", "scheduler_config.json")):
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    else:
-        scheduler = DDPMScheduler(**build_class_scheduler_config())
     prompts = list(prompts) if prompts is not None else all_digit_prompts() + [""]
-    return TextConditionalUNet(unet, text_encoder, tokenizer, prompts), scheduler
+    adapter, scheduler = load_sd(path, prompts=prompts, device=device, allow_pickle=allow_pickle, what="path")
+    adapter.module.to(dtype).eval()
+    return adapter, scheduler
 
 
 # --- either embedded model, by kind ---------------------------------------------------------------

@@ -124,8 +124,14 @@ def lookup(table: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     if not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1:
         raise ValueError(f"timesteps: expected a 1-D tensor [B], got {_shape_of(timesteps)}")
     if timesteps.is_floating_point():
-        # flow-matching scripts pass float timesteps in [0, T): index by their integer part
-        timesteps = timesteps.floor().long()
+        # flow-matching scripts pass float timesteps sigma * T in (0, T]: index by their integer
+        # part (the table's rows are sigma = row / T), sigma = 1 taking the last row
+        T = table.shape[0]
+        if timesteps.device.type == "cpu" and timesteps.numel() and not (
+                float(timesteps.min()) >= 0 and float(timesteps.max()) <= T):
+            raise ValueError(f"timesteps: expected float timesteps in [0, {T}], got min {float(timesteps.min())}, "
+                             f"max {float(timesteps.max())}")
+        timesteps = timesteps.floor().long().clamp_(max=T - 1)
     elif timesteps.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"timesteps: expected an integer or float tensor, got {timesteps.dtype}")
     T = table.shape[0]

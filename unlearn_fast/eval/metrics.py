@@ -34,7 +34,7 @@ import torch
 from ..models import ConditionedModel
 from ..ops import fused_eps_loss
 from ..schedules import timestep_weights
-from .sampling import sample
+from ..sampling import sample
 
 
 @dataclass

@@ -5,7 +5,9 @@ A method is a small recipe of heads (docs/design.md). For a batch of B samples i
 - which condition the student sees for each sample (``student_cond``),
 - which K-1 tensors each head reads beside the student's prediction (``teacher_conds``:
   a condition id for a frozen-teacher prediction at the same ``(x_t, t)``, or ``NOISE`` for
-  the true noise of the forward process),
+  the true target of the forward process: the noise for an epsilon model, ``v`` for a
+  v-prediction model, the velocity ``noise - x_0`` for flow matching; every target is
+  linear in the predictions, so a recipe means the same for each, docs/math.md section 13),
 - the per-sample coefficients ``coeffs[B, M, K]`` and weights ``weights[B, M]`` of the
   fused loss (math.md section 3).
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-NOISE = -1  # a slot that reads the true noise rather than a teacher prediction
+NOISE = -1  # a slot that reads the true target (the noise, v or velocity) rather than a teacher prediction
 
 FORGET, RETAIN = 0, 1  # sample roles
 
