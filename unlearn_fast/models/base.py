@@ -56,7 +56,9 @@ class ConditionedModel:
         text = str(name)
         if text in self.conditions:
             return self.conditions.index(text)
-        raise ValueError(f"condition: {name!r} is not one of this model's conditions {self.conditions}")
+        shown = self.conditions if len(self.conditions) <= 12 else \
+            self.conditions[:10] + [f"... {len(self.conditions) - 10} more"]
+        raise ValueError(f"condition: {name!r} is not one of this model's conditions {shown}")
 
     def teacher(self) -> "ConditionedModel":
         """A frozen copy for teacher predictions (see module docstring)."""

@@ -9,6 +9,7 @@ is downloaded. The pictures they draw are noise: they test plumbing, not quality
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -146,12 +147,16 @@ def build_flux():
 def build_dit():
     from diffusers import DiTPipeline, DiTTransformer2DModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # 1000 classes: DiTPipeline's null class is 1000 (ImageNet's)
     transformer = DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=2, num_embeds_ada_norm=10)
-    labels = {i: name for i, name in enumerate(("tench", "goldfish", "white shark", "tiger shark", "hammerhead",
-                                                "electric ray", "stingray", "cock", "hen", "ostrich"))}
-    return DiTPipeline(transformer=transformer, vae=vae(), scheduler=_ddim(), id2label=labels)
+                                        attention_head_dim=8, num_attention_heads=2, num_embeds_ada_norm=1000)
+    return DiTPipeline(transformer=transformer, vae=vae(), scheduler=_ddim(), id2label=DIT_LABELS)
+
+
+#: labels of the tiny DiT's first classes (``save`` writes them into model_index.json as the
+#: hub's DiT folders carry them; DiTPipeline's own save_pretrained leaves them out)
+DIT_LABELS = {str(i): name for i, name in enumerate(("tench", "goldfish", "white shark", "tiger shark", "hammerhead",
+                                                     "electric ray", "stingray", "cock", "hen", "ostrich"))}
 
 
 BUILDERS = {"sd": build_sd, "sd2-v": lambda: build_sd("v_prediction"), "sdxl": build_sdxl, "sd3": build_sd3,
@@ -167,4 +172,11 @@ def save(name: str, path: str) -> str:
     pipe = BUILDERS[name]()
     os.makedirs(path, exist_ok=True)
     pipe.save_pretrained(path, safe_serialization=True)
+    if name == "dit":
+        index_file = os.path.join(path, "model_index.json")
+        with open(index_file) as f:
+            index = json.load(f)
+        index["id2label"] = DIT_LABELS
+        with open(index_file, "w") as f:
+            json.dump(index, f, indent=2)
     return path

@@ -69,6 +69,7 @@ class TrainResult:
     model: ConditionedModel | None = None  #: the trained adapter (unwrapped)
     method: Method | None = None  #: the method, with its final duals
     resumed_from: str | None = None
+    teacher: ConditionedModel | None = None  #: the frozen teacher the run compared against
 
 
 @dataclass
@@ -385,7 +386,8 @@ def _loop(run: _Run) -> TrainResult:
     run.adapter.module = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
     return TrainResult(output_dir=str(run.out), final_dir=str(run.out / "final"), step=step, metrics=last_metrics,
                        checkpoints=[str(p) for _, p in list_checkpoints(run.out)], model=run.adapter,
-                       method=run.method, resumed_from=str(run.resume_dir) if run.resume_dir is not None else None)
+                       method=run.method, resumed_from=str(run.resume_dir) if run.resume_dir is not None else None,
+                       teacher=run.teacher)
 
 
 def _source_dir(config: TrainConfig, family: str) -> str | None:
