@@ -192,3 +192,70 @@ def test_flow_matching_ru_loss_matches_an_independent_formula(pipelines):
     forget_term = rest * (v[:2] - (v_a - alpha * (v_f - v_a))).square().mean((1, 2, 3)).mean()
     retain_term = (v[2:] - v_r).square().mean((1, 2, 3)).mean()
     torch.testing.assert_close(loss, forget_term + retain_term, rtol=1e-5, atol=1e-7)
+
+
+# --- the user's own images ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_dirs(tmp_path):
+    """A forget folder (3 PNGs, no metadata) and a retain folder (JPEGs with metadata.jsonl)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    forget, retain = tmp_path / "forget", tmp_path / "retain"
+    forget.mkdir()
+    (retain / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(forget / f"f{i}.png")
+    names = ["r0.jpg", "r1.jpg", "sub/r2.jpg"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(retain / name)
+    (retain / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": n, "text": "a red house" if i == 0 else OTHER}) + "\n" for i, n in enumerate(names)))
+    return str(forget), str(retain)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fu_trains_on_image_folders_encoded_once_by_the_vae(pipelines, tmp_path, image_dirs, name):
+    from safetensors.torch import load_file
+
+    forget, retain = image_dirs
+    extra = {} if name == "dit" else {"retain_images": retain}
+    config = _config(pipelines[name], tmp_path / "run", name, "fu", data="images", forget_images=forget,
+                     retain=["2"] if name == "dit" else [], **extra)
+    result = train(config)
+    assert result.step == 3 and torch.isfinite(torch.tensor(result.metrics["loss"]))
+    cache = sorted((tmp_path / "run" / "latent_cache").glob("*.safetensors"))
+    assert len(cache) == (3 if name == "dit" else 6)
+    z = load_file(str(cache[0]))["latent"]
+    assert z.shape == result.model.sample_shape()
+    if name != "dit":  # the metadata prompts became conditions
+        assert "a red house" in result.model.conditions
+    stamp = [p.stat().st_mtime_ns for p in cache]
+    train(TrainConfig(**{**config.to_dict(), "overwrite": True}))  # a second run reads the cache
+    assert [p.stat().st_mtime_ns for p in cache] == stamp
+
+
+def test_image_folder_errors_name_the_file(pipelines, tmp_path, image_dirs):
+    from unlearn_fast.config import ConfigError
+
+    forget, _ = image_dirs
+    with pytest.raises(ConfigError, match=r"^forget_images: expected a folder of images, got '.*nowhere'"):
+        _config(pipelines["sd"], tmp_path / "a", "sd", "fu", data="images", forget_images=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"^forget_images: data = 'images' needs"):
+        _config(pipelines["sd"], tmp_path / "a", "sd", "fu", data="images")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"^forget_images: '.*empty' has no images"):
+        train(_config(pipelines["sd"], tmp_path / "b", "sd", "fu", data="images", forget_images=str(empty)))
+    (Path(forget) / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"^forget_images: .*broken\.png is not an image that can be decoded"):
+        train(_config(pipelines["sd"], tmp_path / "c", "sd", "fu", data="images", forget_images=forget))
+    (Path(forget) / "broken.png").unlink()
+    with pytest.raises(ValueError, match=r"^forget_images: .*f0\.png has no metadata.jsonl text and forget has 2"):
+        train(_config(pipelines["sd"], tmp_path / "d", "sd", "fu", data="images", forget_images=forget,
+                      forget=[PROMPT, "a car"]))

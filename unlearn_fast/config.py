@@ -72,7 +72,12 @@ class TrainConfig:
 
     Data:
         data: ``"mnist"`` (the embedded MNIST train split), ``"pool"`` (samples of the frozen
-            teacher, generated once with DDIM) or ``"auto"`` (mnist for class models, pool for text).
+            teacher, generated once with the family's sampler), ``"images"`` (the user's image
+            folders ``forget_images`` and ``retain_images``) or ``"auto"`` (mnist for class models,
+            pool otherwise).
+        forget_images, retain_images: image folders (Hugging Face imagefolder layout: an optional
+            ``metadata.jsonl`` with ``file_name`` and ``text``; without a text an image takes the one
+            ``forget``/``retain`` prompt), resized, encoded once by the model's VAE and cached.
         pool_size, pool_steps, pool_guidance: teacher samples per condition, sampler steps, CFG
             scale (``None``: the family's default, 1.5 for the embedded models).
         mnist_conditions: with ``data = "pool"`` on a class model, these classes take ``pool_size``
@@ -111,7 +116,9 @@ class TrainConfig:
     null_class: Optional[int] = None
     allow_pickle: bool = False
 
-    data: Literal["auto", "mnist", "pool"] = "auto"
+    data: Literal["auto", "mnist", "pool", "images"] = "auto"
+    forget_images: Optional[str] = None
+    retain_images: Optional[str] = None
     pool_size: int = 64
     pool_steps: int = 20
     pool_guidance: Optional[float] = None
@@ -204,6 +211,14 @@ class TrainConfig:
             raise ConfigError("forget: expected at least one condition to unlearn, got none")
         if self.resume is not None and self.resume != "latest" and not os.path.isdir(self.resume):
             raise ConfigError(f"resume: expected 'latest' or an existing checkpoint folder, got {self.resume!r}")
+        for key in ("forget_images", "retain_images"):
+            folder = getattr(self, key)
+            if folder is not None and not os.path.isdir(folder):
+                raise ConfigError(f"{key}: expected a folder of images, got {folder!r} (no such folder)")
+        if self.data == "images" and self.forget_images is None:
+            raise ConfigError("forget_images: data = 'images' needs the folder of images to forget")
+        if self.data != "images" and (self.forget_images or self.retain_images):
+            raise ConfigError(f"data: forget_images/retain_images are read with data = 'images', got data = {self.data!r}")
         if self.model_path is not None:
             if not os.path.exists(self.model_path):
                 raise ConfigError(f"model_path: no such file or directory: {self.model_path!r}")

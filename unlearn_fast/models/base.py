@@ -49,6 +49,37 @@ class ConditionedModel:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return int(cfg.in_channels), int(h), int(w)
 
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels of the images the model's inputs encode (the VAE's scale)."""
+        _, h, w = self.sample_shape()
+        vae = self.components.get("vae") if hasattr(self, "components") else None
+        scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        return h * scale, w * scale
+
+    @torch.no_grad()
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in ``[-1, 1]`` -> the model's inputs: the VAE posterior's mean, shifted and
+        scaled by the VAE config (``(z - shift_factor) * scaling_factor``, as diffusers'
+        training scripts do); a pixel-space model takes the images themselves."""
+        vae = self.components.get("vae") if hasattr(self, "components") else None
+        if vae is None:
+            return images
+        param = next(vae.parameters())
+        z = vae.encode(images.to(param.device, param.dtype)).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * vae.config.scaling_factor).float().cpu()
+
+    @torch.no_grad()
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_latents`: images in ``[-1, 1]`` (float32, CPU)."""
+        vae = self.components.get("vae") if hasattr(self, "components") else None
+        if vae is None:
+            return latents.float().cpu()
+        param = next(vae.parameters())
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents.to(param.device, param.dtype) / vae.config.scaling_factor + shift
+        return vae.decode(z).sample.float().cpu().clamp(-1, 1)
+
     def condition_id(self, name: str | int) -> int:
         """Id of a condition given by name (``"3"``, ``"a handwritten digit three"``) or id."""
         if isinstance(name, int) and 0 <= name < len(self.conditions):
@@ -102,26 +133,31 @@ class PromptConditionedModel(ConditionedModel):
         prompts = [str(p) for p in prompts]
         if "" not in prompts:
             prompts.append("")
-        self.conditions = list(dict.fromkeys(prompts))
-        self.null_id = self.conditions.index("")
+        conditions = list(dict.fromkeys(prompts))
         for enc in self.text_encoders:
             if enc is not None:
                 enc.requires_grad_(False).eval()
-        self.embeddings = self.encode(self.conditions)
-        self._on_device: dict = {}
+        self.table = _PromptTable(conditions, self.encode(conditions))
+        self.null_id = conditions.index("")
+
+    # the table is shared with the teacher (a shallow copy), so prompts added later reach both
+    @property
+    def conditions(self) -> list[str]:
+        return self.table.conditions
+
+    @property
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        return self.table.embeddings
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def add_prompts(self, prompts: Sequence[str]) -> list[int]:
         """Register more prompts; returns their condition ids."""
-        new = [p for p in dict.fromkeys(str(p) for p in prompts) if p not in self.conditions]
+        new = [p for p in dict.fromkeys(str(p) for p in prompts) if p not in self.table.conditions]
         if new:
-            more = self.encode(new)
-            self.embeddings = {k: torch.cat([v, more[k]]) for k, v in self.embeddings.items()}
-            self.conditions.extend(new)
-            self._on_device = {}
-        return [self.conditions.index(str(p)) for p in prompts]
+            self.table.add(new, self.encode(new))
+        return [self.table.conditions.index(str(p)) for p in prompts]
 
     def offload(self, device="cpu") -> None:
         """Move the text encoders (not the cached embeddings) to ``device``."""
@@ -131,12 +167,7 @@ class PromptConditionedModel(ConditionedModel):
 
     def cached(self, cond_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The cached embeddings of ``cond_ids``, on their device, in ``dtype``."""
-        key = (cond_ids.device, dtype)
-        table = self._on_device.get(key)
-        if table is None:
-            table = {k: v.to(cond_ids.device, dtype) for k, v in self.embeddings.items()}
-            self._on_device[key] = table
-        return {k: v[cond_ids] for k, v in table.items()}
+        return {k: v[cond_ids] for k, v in self.table.on(cond_ids.device, dtype).items()}
 
     @staticmethod
     def _tokens(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
@@ -146,6 +177,26 @@ class PromptConditionedModel(ConditionedModel):
     @staticmethod
     def _device_of(module: nn.Module) -> torch.device:
         return next(module.parameters()).device
+
+
+class _PromptTable:
+    """Prompts, their embeddings (CPU, float32) and one copy per (device, dtype) made once."""
+
+    def __init__(self, conditions: list[str], embeddings: dict[str, torch.Tensor]):
+        self.conditions = conditions
+        self.embeddings = embeddings
+        self._copies: dict = {}
+
+    def add(self, prompts: list[str], embeddings: dict[str, torch.Tensor]) -> None:
+        self.embeddings = {k: torch.cat([v, embeddings[k]]) for k, v in self.embeddings.items()}
+        self.conditions.extend(prompts)
+        self._copies = {}
+
+    def on(self, device, dtype) -> dict[str, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._copies:
+            self._copies[key] = {k: v.to(device, dtype) for k, v in self.embeddings.items()}
+        return self._copies[key]
 
 
 def trainable_parameters(module: nn.Module, which: str = "all") -> list[nn.Parameter]:

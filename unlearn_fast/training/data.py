@@ -141,3 +141,99 @@ def _stored_key(path: Path):
         return None
     with safe_open(str(path), "pt") as f:
         return (f.metadata() or {}).get("key")
+
+
+# --- the user's own images ------------------------------------------------------------------------
+
+LATENT_CACHE = "latent_cache"
+
+
+def images_source(adapter, config: TrainConfig, family_text: bool, forget_ids, retain_ids, output_dir: Path,
+                  accelerator) -> tuple[SampleSource, list[int], list[int]]:
+    """Forget (and retain) samples from the folders ``forget_images`` / ``retain_images``,
+    encoded once by the model's VAE and cached in ``output_dir/latent_cache`` (one
+    safetensors file per image, keyed by the file's bytes, the VAE config and the size).
+    Returns the source and the forget and retain ids extended by the folders' prompts."""
+    from ..data.images import list_images
+
+    forget_items = list_images(config.forget_images, "forget_images")
+    retain_items = list_images(config.retain_images, "retain_images") if config.retain_images else []
+    f_text = _texts(forget_items, config.forget, "forget_images", "forget")
+    r_text = _texts(retain_items, config.retain, "retain_images", "retain")
+    if family_text:
+        f_ids, r_ids = adapter.add_prompts(f_text), adapter.add_prompts(r_text)
+    else:
+        f_ids = [adapter.condition_id(t) for t in f_text]
+        r_ids = [adapter.condition_id(t) for t in r_text]
+    overlap = set(f_ids) & (set(r_ids) | set(retain_ids))
+    if overlap:
+        raise ValueError(f"retain_images: prompts {sorted(adapter.conditions[i] for i in overlap)} are also forget prompts")
+    cache = output_dir / LATENT_CACHE
+    if accelerator.is_main_process:
+        cache.mkdir(parents=True, exist_ok=True)
+        _encode_missing(adapter, forget_items + retain_items, cache, ("forget_images",) * len(forget_items)
+                        + ("retain_images",) * len(retain_items))
+    accelerator.wait_for_everyone()
+    fx = torch.stack([_cached(adapter, item.path, cache) for item in forget_items])
+    rx = torch.stack([_cached(adapter, item.path, cache) for item in retain_items]) if retain_items \
+        else fx.new_zeros((0, *fx.shape[1:]))
+    source = SampleSource(fx, torch.tensor(f_ids), rx, torch.tensor(r_ids, dtype=torch.long),
+                          batch_size=config.batch_size, forget_fraction=config.forget_fraction)
+    forget_ids = list(dict.fromkeys(list(forget_ids) + f_ids))
+    retain_ids = list(dict.fromkeys(list(retain_ids) + r_ids))
+    return source, forget_ids, retain_ids
+
+
+def _texts(items, prompts, key: str, prompt_key: str) -> list[str]:
+    """Each image's prompt: its metadata text, else the folder's one prompt (``forget``/``retain``)."""
+    default = str(prompts[0]) if len(prompts) == 1 else None
+    out = []
+    for item in items:
+        if item.text is not None:
+            out.append(item.text)
+        elif default is not None:
+            out.append(default)
+        else:
+            raise ValueError(f"{key}: {item.path} has no metadata.jsonl text and {prompt_key} has "
+                             f"{len(prompts)} prompts, not one; give each image its prompt in metadata.jsonl "
+                             f"or one {prompt_key} prompt for the folder")
+    return out
+
+
+def _cache_key(adapter, path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    vae = adapter.components.get("vae") if hasattr(adapter, "components") else None
+    config = dict(vae.config) if vae is not None else {"pixels": True}
+    h.update(json.dumps({"vae": config, "size": list(adapter.image_size()), "channels": _channels(adapter)},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _channels(adapter) -> int:
+    vae = adapter.components.get("vae") if hasattr(adapter, "components") else None
+    return int(vae.config.in_channels) if vae is not None else adapter.sample_shape()[0]
+
+
+def _encode_missing(adapter, items, cache: Path, keys, chunk: int = 8) -> None:
+    from ..data.images import load_image
+
+    todo = [(item, key) for item, key in zip(items, keys) if not (cache / f"{_cache_key(adapter, item.path)}.safetensors").is_file()]
+    size, channels = adapter.image_size(), _channels(adapter)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        images = torch.stack([load_image(item.path, size, channels, key) for item, key in part])
+        latents = adapter.to_latents(images)
+        for (item, _), z in zip(part, latents):
+            file = cache / f"{_cache_key(adapter, item.path)}.safetensors"
+            tmp = file.with_suffix(".tmp")
+            save_file({"latent": z.contiguous()}, str(tmp), metadata={"file": os.path.basename(item.path)})
+            os.replace(tmp, file)
+
+
+def _cached(adapter, path: str, cache: Path) -> torch.Tensor:
+    return load_file(str(cache / f"{_cache_key(adapter, path)}.safetensors"))["latent"]

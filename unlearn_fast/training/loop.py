@@ -50,7 +50,7 @@ from ..models import ConditionedModel, family_of, trainable_parameters
 from ..noising import noising_for
 from .checkpoints import (METRICS_FILE, STATE_FILE, find_latest_checkpoint, list_checkpoints, load_checkpoint,
                           save_checkpoint, save_final, truncate_metrics)
-from .data import SampleSource, mnist_source, pool_source
+from .data import SampleSource, images_source, mnist_source, pool_source
 from .loading import add_lora, build_method, condition_ids, load_model
 from .rng import derive_seed, set_rng_state
 
@@ -191,16 +191,20 @@ def _conditions(config: TrainConfig, adapter, family: str) -> tuple[list[int], l
 
 
 def _source(config: TrainConfig, adapter, teacher, scheduler, family: str, forget_ids, retain_ids, accelerator,
-            out: Path) -> SampleSource:
+            out: Path) -> tuple[SampleSource, list[int], list[int]]:
+    """The run's data source, with the forget and retain ids (an image folder's prompts join them)."""
     data_mode = config.data if config.data != "auto" else ("mnist" if family == "class" else "pool")
+    if data_mode == "images":
+        return images_source(adapter, config, family_of(family).text, forget_ids, retain_ids, out, accelerator)
     if data_mode == "mnist":
         if family != "class":
             raise ValueError(f"data: 'mnist' needs a class model; use data = 'pool' for a {family} model")
-        return mnist_source(adapter, config, forget_ids, retain_ids)
+        return mnist_source(adapter, config, forget_ids, retain_ids), forget_ids, retain_ids
     real_ids = condition_ids(adapter, config.mnist_conditions, family) if config.mnist_conditions else []
     if real_ids and family != "class":
         raise ValueError("mnist_conditions: MNIST images stand for classes of a class model, not prompts")
-    return pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, out, real_ids)
+    source = pool_source(teacher, scheduler, config, forget_ids, retain_ids, accelerator, out, real_ids)
+    return source, forget_ids, retain_ids
 
 
 def _build(config: TrainConfig, accelerator, resume_dir: Path | None) -> _Run:
@@ -214,7 +218,8 @@ def _build(config: TrainConfig, accelerator, resume_dir: Path | None) -> _Run:
     if lora:
         add_lora(adapter, config)
     teacher = adapter.teacher()
-    source = _source(config, adapter, teacher, scheduler, family, forget_ids, retain_ids, accelerator, out)
+    source, forget_ids, retain_ids = _source(config, adapter, teacher, scheduler, family, forget_ids, retain_ids,
+                                             accelerator, out)
     source.to(device)
     method = build_method(config, {"forget": forget_ids, "anchor": anchor_id,
                                    "num_conditions": len(adapter.conditions),
