@@ -259,3 +259,87 @@ def test_image_folder_errors_name_the_file(pipelines, tmp_path, image_dirs):
     with pytest.raises(ValueError, match=r"^forget_images: .*f0\.png has no metadata.jsonl text and forget has 2"):
         train(_config(pipelines["sd"], tmp_path / "d", "sd", "fu", data="images", forget_images=forget,
                       forget=[PROMPT, "a car"]))
+
+
+# --- the command line: sample, eval, prompt files, bad folders ---------------------------------------
+
+
+def _cli(*argv):
+    from unlearn_fast.cli import main
+
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("name", ["sdxl", "flux", "dit"])
+def test_sample_writes_a_grid_original_left_unlearned_right(pipelines, tmp_path, name):
+    from PIL import Image
+
+    result = train(_config(pipelines[name], tmp_path / "run", name, "ru", lr=1e-2))
+    prompts = ["1", "goldfish"] if name == "dit" else [PROMPT, OTHER]
+    out = tmp_path / "grid.png"
+    flags = [f for p in prompts for f in ("--prompt", p)]
+    assert _cli("sample", "--model-path", result.final_dir, "--compare", pipelines[name], *flags, "--steps", 2,
+                "--n", 3, "--resolution", 16, "--out", out) == 0
+    import numpy as np
+
+    grid = torch.from_numpy(np.array(Image.open(out).convert("RGB"))).float()
+    scale = 4  # 16-pixel cells are upscaled to 64
+    cell, gap = 16 * scale, 6 * scale
+    assert grid.shape[:2] == (2 * cell + 2 * scale, 6 * cell + gap)  # 2 rows; 3 | gap | 3 images
+    left, right = grid[:, :3 * cell], grid[:, 3 * cell + gap:]
+    assert float((left - right).abs().mean()) > 1.0  # the unlearned model draws differently from the original
+    again = tmp_path / "again.png"
+    assert _cli("sample", "--model-path", result.final_dir, "--compare", pipelines[name], *flags, "--steps", 2,
+                "--n", 3, "--resolution", 16, "--out", again) == 0
+    assert again.read_bytes() == out.read_bytes()  # fixed seeds
+
+
+def test_sample_and_eval_on_the_embedded_models(tmp_path, capsys):
+    result = train(TrainConfig(method="ru", forget=["3"], max_steps=2, batch_size=4, output_dir=str(tmp_path / "run"),
+                               progress=False))
+    assert _cli("sample", "--model", "class", "--prompt", "3", "--steps", 2, "--n", 2, "--out", tmp_path / "g.png") == 0
+    assert _cli("eval", "--model-path", result.final_dir, "--per-class", 2, "--steps", 2,
+                "--report", tmp_path / "r.json") == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["forget"] == [3] and 0 <= report["metrics"]["ua"] <= 1 and report["settings"]["per_class"] == 2
+    assert "kl_to_original" in report["metrics"]
+
+
+def test_prompt_files_and_bad_folders_get_one_clear_error(pipelines, tmp_path, capsys):
+    import shutil
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# erase these\na photo of a cat\n\na car, red\n")
+    out = tmp_path / "run"
+    assert _cli("train", "--model-path", pipelines["sd"], "--forget", f"@{prompts}", "--retain", OTHER,
+                "--max-steps", 1, "--batch-size", 2, "--pool-size", 1, "--pool-steps", 1, "--output-dir", out,
+                "--no-progress") == 0
+    info = __import__("json").loads((out / "final" / "unlearn_info.json").read_text())
+    assert info["forget"] == [PROMPT, "a car, red"] and info["family"] == "sd"
+
+    def error_of(*argv):
+        capsys.readouterr()
+        assert _cli(*argv) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]  # loading bars
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        return err[0]
+
+    assert "no such prompt file" in error_of("train", "--model-path", pipelines["sd"], "--forget", "@nowhere.txt")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    msg = error_of("train", "--model-path", odd, "--forget", "x", "--output-dir", tmp_path / "o1")
+    assert "holds a KandinskyPipeline; expected a diffusers folder of one of" in msg and "FluxPipeline" in msg
+    broken = tmp_path / "no_t5"
+    shutil.copytree(pipelines["flux"], broken)
+    shutil.rmtree(broken / "text_encoder_2")
+    msg = error_of("train", "--model-path", broken, "--forget", "x", "--output-dir", tmp_path / "o2")
+    assert msg.endswith(f"has no text_encoder_2/ component (expected a folder {broken}/text_encoder_2 listed in "
+                        "model_index.json)"), msg
+    msg = error_of("sample", "--model-path", tmp_path / "nowhere", "--prompt", "x", "--out", tmp_path / "x.png")
+    assert "no such folder" in msg

@@ -5,7 +5,8 @@
 
 Every ``TrainConfig`` key is also a flag (``max_steps`` -> ``--max-steps``); flags override
 the config file, which overrides the defaults. Lists take several values or commas
-(``--forget 3 5`` or ``--forget 3,5``), ``--method-kwarg bound=0.05`` (repeatable) sets one
+(``--forget 3 5`` or ``--forget 3,5``; ``--forget @prompts.txt`` reads one prompt a line),
+``--method-kwarg bound=0.05`` (repeatable) sets one
 entry of ``method_kwargs`` (the value is read as a TOML value, else as a string), and
 ``none`` unsets an optional key (``--source none``).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from typing import Callable, Literal, Union
@@ -83,6 +85,26 @@ def _split_list(values: list[str]) -> list[str]:
     return out
 
 
+def read_prompt_list(values: list[str], key: str) -> list[str]:
+    """Condition names from flag values: ``@FILE`` reads one prompt a line (blank lines and
+    lines starting with ``#`` skipped; commas kept), anything else splits on commas."""
+    out = []
+    for v in values:
+        if v.startswith("@"):
+            path = v[1:]
+            if not os.path.isfile(path):
+                raise ConfigError(f"{key}: no such prompt file: {path!r} (@FILE reads one prompt a line)")
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+            prompts = [line for line in lines if line and not line.startswith("#")]
+            if not prompts:
+                raise ConfigError(f"{key}: the prompt file {path!r} has no prompts")
+            out.extend(prompts)
+        else:
+            out.extend(_split_list([v]))
+    return out
+
+
 def _parse_value(text: str):
     """A TOML literal (``0.05``, ``true``, ``"x"``, ``[1, 2]``) or else the plain string."""
     try:
@@ -128,8 +150,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if typing.get_origin(tp) is list:
             (item,) = typing.get_args(tp)
             parse = _scalar_parser(item, False)
-            if f.name in ("forget", "retain"):  # condition names: keep ids as written ("3")
-                value = _split_list(value)
+            if f.name in ("forget", "retain"):  # condition names: keep ids as written ("3"); @FILE
+                value = read_prompt_list(value, _flag(f.name))
             else:
                 value = [parse(v) for v in _split_list(value)]
         elif value == "none" and optional:
@@ -258,11 +280,44 @@ def run_continual_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_arguments(parser):
+    from .sample_grid import add_sample_arguments
+
+    add_sample_arguments(parser)
+
+
+def _run_sample(args):
+    from .sample_grid import run_sample_command
+
+    try:
+        return run_sample_command(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _eval_arguments(parser):
+    from .eval.command import add_eval_arguments
+
+    add_eval_arguments(parser)
+
+
+def _run_eval(args):
+    from .eval.command import run_eval_command
+
+    try:
+        return run_eval_command(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "train": (add_train_arguments, run_train, "run an unlearning method (TrainConfig from --config and flags)"),
     "demo": (add_demo_arguments, run_demo_command, "unlearn a digit from the embedded model, evaluate before/after"),
     "continual": (add_continual_arguments, run_continual_command,
                   "a sequence of unlearning requests (lacu, naive, l2, simultaneous), evaluated after each"),
+    "sample": (_sample_arguments, _run_sample, "a PNG grid of a model's samples, one row per prompt (--compare: "
+                                                "a second model side by side)"),
+    "eval": (_eval_arguments, _run_eval, "the embedded evaluator's metrics on a model trained from an embedded one"),
 }
 
 

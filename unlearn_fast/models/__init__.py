@@ -46,6 +46,9 @@ def detect_family(path: str | None) -> str:
     """The family of a model folder (``None``: the embedded class DDPM)."""
     if path is None:
         return "class"
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"model_path: expected a model folder, got {path!r} "
+                               f"({'a file' if os.path.exists(path) else 'no such folder'})")
     index = read_index(path)
     name = index.get("_class_name")
     if name is None:
