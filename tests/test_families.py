@@ -113,18 +113,23 @@ def _config(path, out, name, method, **kw):
     return TrainConfig(**values)
 
 
-@pytest.mark.parametrize("method", ["ru", "esd", "lu"])
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_family_trains_and_its_final_folder_is_a_pipeline(pipelines, tmp_path, name, method):
-    result = train(_config(pipelines[name], tmp_path / "run", name, method))
-    assert result.step == 3 and torch.isfinite(torch.tensor(result.metrics["loss"]))
-    original = _pipeline(pipelines[name])
+def _assert_student_moved_teacher_kept(path, result):
+    original = _pipeline(path)
     part = "unet" if hasattr(original, "unet") else "transformer"
     before = getattr(original, part).state_dict()
     student = result.model.module.state_dict()
     teacher = result.teacher.module.state_dict()
     assert any(not torch.equal(before[k], student[k]) for k in before), "the student did not change"
     assert all(torch.equal(before[k], teacher[k]) for k in before), "the teacher changed"
+    return original, part, student
+
+
+@pytest.mark.parametrize("method", ["ru", "esd", "lu"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_trains_and_its_final_folder_is_a_pipeline(pipelines, tmp_path, name, method):
+    result = train(_config(pipelines[name], tmp_path / "run", name, method))
+    assert result.step == 3 and torch.isfinite(torch.tensor(result.metrics["loss"]))
+    original, part, student = _assert_student_moved_teacher_kept(pipelines[name], result)
 
     final = _pipeline(result.final_dir)
     assert type(final) is type(original)
@@ -229,6 +234,7 @@ def test_fu_trains_on_image_folders_encoded_once_by_the_vae(pipelines, tmp_path,
                      retain=["2"] if name == "dit" else [], **extra)
     result = train(config)
     assert result.step == 3 and torch.isfinite(torch.tensor(result.metrics["loss"]))
+    _assert_student_moved_teacher_kept(pipelines[name], result)
     cache = sorted((tmp_path / "run" / "latent_cache").glob("*.safetensors"))
     assert len(cache) == (3 if name == "dit" else 6)
     z = load_file(str(cache[0]))["latent"]
@@ -273,7 +279,7 @@ def _cli(*argv):
         return e.code
 
 
-@pytest.mark.parametrize("name", ["sdxl", "flux", "dit"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_sample_writes_a_grid_original_left_unlearned_right(pipelines, tmp_path, name):
     from PIL import Image
 
@@ -343,3 +349,42 @@ def test_prompt_files_and_bad_folders_get_one_clear_error(pipelines, tmp_path, c
                         "model_index.json)"), msg
     msg = error_of("sample", "--model-path", tmp_path / "nowhere", "--prompt", "x", "--out", tmp_path / "x.png")
     assert "no such folder" in msg
+
+
+# --- scale-out: two CPU processes (gloo) on a transformer family ------------------------------------
+
+DDP_SCRIPT = """
+import torch
+torch.set_num_threads(1)
+import torch.distributed as dist
+from unlearn_fast.config import TrainConfig
+from unlearn_fast.training import train
+result = train(TrainConfig(**{config}))
+state = {{k: v.detach().clone() for k, v in result.model.module.state_dict().items()}}
+torch.save({{"weights": state, "duals": result.method.state_dict()["duals"], "step": result.step,
+            "resumed_from": result.resumed_from}}, f"{out}/rank{{dist.get_rank()}}-{tag}.pt")
+"""
+
+
+def test_flux_on_two_ddp_processes_ranks_agree_and_resume(pipelines, tmp_path):
+    """FSDP cannot run here: accelerate enables it only on accelerator devices (on the CPU a
+    2-process run is MULTI_CPU DDP whatever the FSDP settings); docs/models.md says so."""
+    from helpers import assert_same_weights, run_ranks
+
+    out = tmp_path / "ddp"
+    base = _config(pipelines["flux"], out, "flux", "ru", max_steps=2, checkpoint_every=2,
+                   method_kwargs={"bound": 0.05, "dual_lr": 5.0}).to_dict()
+    run_ranks(DDP_SCRIPT.format(config=repr(base), out=str(out), tag="first"))
+    r0, r1 = (torch.load(out / f"rank{r}-first.pt", weights_only=True) for r in range(2))
+    assert_same_weights(r0["weights"], r1["weights"])
+    assert torch.equal(r0["duals"]["lambdas"], r1["duals"]["lambdas"])
+    ckpt = out / "checkpoint-00000002"
+    assert (ckpt / "rng_state_0.pt").is_file() and (ckpt / "rng_state_1.pt").is_file()
+
+    resumed = {**base, "max_steps": 3, "resume": "latest"}
+    run_ranks(DDP_SCRIPT.format(config=repr(resumed), out=str(out), tag="resumed"))
+    r0, r1 = (torch.load(out / f"rank{r}-resumed.pt", weights_only=True) for r in range(2))
+    assert r0["step"] == 3 and r0["resumed_from"] == str(ckpt)
+    assert_same_weights(r0["weights"], r1["weights"])
+    final = _pipeline(str(out / "final")).transformer.state_dict()
+    assert all(torch.equal(final[k], r0["weights"][k]) for k in final)

@@ -27,7 +27,7 @@ from unlearn_fast import fused_eps_loss
 from unlearn_fast.config import TrainConfig
 from unlearn_fast.training import list_checkpoints, load_model, train
 
-from helpers import tiny_class_unet  # noqa: E402
+from helpers import assert_same_weights, subprocess_env, tiny_class_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CPU_KERNEL = "cpu" in uf.backends()
@@ -61,21 +61,12 @@ def tiny(model_path, out, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def subprocess_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1")
-    return env
 
 
 def final_weights(result) -> dict:
     return load_file(str(Path(result.final_dir) / "diffusion_pytorch_model.safetensors"))
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 # --- untrusted files ---------------------------------------------------------------------------------

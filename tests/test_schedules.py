@@ -140,3 +140,25 @@ def test_bad_arguments():
     learned = DDPMScheduler(num_train_timesteps=10, variance_type="learned_range")
     with pytest.raises(ValueError, match="variance_type"):
         uf.timestep_weights(learned, "kl")
+
+
+def test_true_targets_of_each_prediction_type():
+    """The NOISE slots' target: eps, v = a eps - s x_0, x_0, or the flow velocity eps - x_0."""
+    from unlearn_fast.noising import noising_for
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    t = torch.tensor([10, 500, 990])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=kind)
+        a = sched.alphas_cumprod[t].sqrt().view(-1, 1, 1)
+        s = (1 - sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1)
+        expected = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[kind]
+        torch.testing.assert_close(noising_for(sched).target(x0, noise, t), expected)
+    flow = noising_for(FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
+    tf = flow.draw(3, "cpu", torch.Generator().manual_seed(1))
+    assert tf.dtype == torch.float32 and bool(((tf > 0) & (tf <= 1000)).all())
+    sigma = (tf / 1000).view(-1, 1, 1)
+    torch.testing.assert_close(flow.add_noise(x0, noise, tf), (1 - sigma) * x0 + sigma * noise)
+    torch.testing.assert_close(flow.target(x0, noise, tf), noise - x0)
+    assert flow.weight_index(torch.tensor([1000.0, 0.4])).tolist() == [999, 0]

@@ -7,9 +7,7 @@ Everything runs on tiny models (8x8 images, 8/16 channels) for a few steps.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,8 @@ from unlearn_fast.cli import main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig, load_train_config
 from unlearn_fast.methods import METHODS, NegGrad
 from unlearn_fast.training import NonFiniteError, list_checkpoints, train
+
+from helpers import assert_same_weights, run_ranks, subprocess_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,21 +74,12 @@ def tiny(class_dir, out, **kw) -> TrainConfig:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def subprocess_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1")
-    return env
 
 
 def weights_of(path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(path) / "diffusion_pytorch_model.safetensors"))
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 # --- configuration --------------------------------------------------------------------------------
@@ -292,10 +283,6 @@ torch.save({{"weights": state, "duals": result.method.state_dict()["duals"]}}, f
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_two_processes_agree(class_dir, tmp_path):
@@ -303,23 +290,7 @@ def test_ddp_two_processes_agree(class_dir, tmp_path):
     # data = "pool": the main process samples the frozen teacher once, the other rank waits and reads it
     config = tiny(class_dir, out, max_steps=3, checkpoint_every=3, lr=1e-3, data="pool", pool_size=4, pool_steps=2,
                   method_kwargs={"bound": 0.05, "dual_lr": 5.0})
-    script = DDP_SCRIPT.format(config=repr(config.to_dict()), out=str(out))
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = subprocess_env()
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:  # a rank stuck in a collective after the other failed
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_ranks(DDP_SCRIPT.format(config=repr(config.to_dict()), out=str(out)))
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
     # each rank drew different samples: only the all-reduces (gradients, dual estimates) can make them agree
     assert torch.equal(r0["duals"]["lambdas"], r1["duals"]["lambdas"])

@@ -280,34 +280,21 @@ def run_continual_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_arguments(parser):
-    from .sample_grid import add_sample_arguments
+def _lazy(module: str, add: str, run: str):
+    """``(add_arguments, run)`` of a subcommand whose module is imported only when it is used;
+    its ``ValueError``s become one ``error:`` line (exit 2)."""
+    import importlib
 
-    add_sample_arguments(parser)
+    def add_arguments(parser):
+        getattr(importlib.import_module(module, __package__), add)(parser)
 
+    def run_command(args):
+        try:
+            return getattr(importlib.import_module(module, __package__), run)(args)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from e
 
-def _run_sample(args):
-    from .sample_grid import run_sample_command
-
-    try:
-        return run_sample_command(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from e
-
-
-def _eval_arguments(parser):
-    from .eval.command import add_eval_arguments
-
-    add_eval_arguments(parser)
-
-
-def _run_eval(args):
-    from .eval.command import run_eval_command
-
-    try:
-        return run_eval_command(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from e
+    return add_arguments, run_command
 
 
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
@@ -315,9 +302,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
     "demo": (add_demo_arguments, run_demo_command, "unlearn a digit from the embedded model, evaluate before/after"),
     "continual": (add_continual_arguments, run_continual_command,
                   "a sequence of unlearning requests (lacu, naive, l2, simultaneous), evaluated after each"),
-    "sample": (_sample_arguments, _run_sample, "a PNG grid of a model's samples, one row per prompt (--compare: "
-                                                "a second model side by side)"),
-    "eval": (_eval_arguments, _run_eval, "the embedded evaluator's metrics on a model trained from an embedded one"),
+    "sample": (*_lazy(".sample_grid", "add_sample_arguments", "run_sample_command"),
+               "a PNG grid of a model's samples, one row per prompt (--compare: a second model side by side)"),
+    "eval": (*_lazy(".eval.command", "add_eval_arguments", "run_eval_command"),
+             "the embedded evaluator's metrics on a model trained from an embedded one"),
 }
 
 

@@ -3,7 +3,7 @@
 ``noising_for(scheduler)`` gives a DDPM-style ``DDPMNoising`` (``x_t = sqrt(abar_t) x_0 +
 sqrt(1 - abar_t) eps``; the target is ``eps``, ``v`` or ``x_0`` by the scheduler's
 ``prediction_type``) or a ``FlowNoising`` (``x_t = (1 - sigma) x_0 + sigma eps``, target the
-velocity ``eps - x_0``; docs/math.md section 13). A timestep is the model's own (an integer
+velocity ``eps - x_0``; docs/math.md section 10). A timestep is the model's own (an integer
 for DDPM, ``sigma * num_train_timesteps`` for flow matching) and ``weight_index(t)`` maps it
 to a row of ``schedules.timestep_weights``. Everything a step needs is made once per device:
 drawing, noising and indexing do not read the device from the host.

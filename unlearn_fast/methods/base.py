@@ -7,7 +7,7 @@ A method is a small recipe of heads (docs/design.md). For a batch of B samples i
   a condition id for a frozen-teacher prediction at the same ``(x_t, t)``, or ``NOISE`` for
   the true target of the forward process: the noise for an epsilon model, ``v`` for a
   v-prediction model, the velocity ``noise - x_0`` for flow matching; every target is
-  linear in the predictions, so a recipe means the same for each, docs/math.md section 13),
+  linear in the predictions, so a recipe means the same for each, docs/math.md section 10),
 - the per-sample coefficients ``coeffs[B, M, K]`` and weights ``weights[B, M]`` of the
   fused loss (math.md section 3).
 
