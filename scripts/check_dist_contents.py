@@ -1,6 +1,7 @@
 """Checks an sdist and a wheel hold what a user needs (called by scripts/check_wheel.sh).
 
-The wheel: every file under ``unlearn_fast/assets/`` in the checkout, the Triton kernels
+The wheel: every Python module and every file under ``unlearn_fast/assets/`` in the
+checkout, the Triton kernels
 (``unlearn_fast/kernels/``) and the compiled ``unlearn_fast/_C`` extension. The sdist: the
 same assets, ``csrc/`` and ``kernels/`` (so it builds), ``setup.py`` and ``pyproject.toml``.
 Usage: python scripts/check_dist_contents.py SDIST.tar.gz WHEEL.whl
@@ -42,7 +43,9 @@ def main(sdist: str, wheel: str) -> int:
 
     problems = []
     kernels = ["unlearn_fast/kernels/" + os.path.basename(f) for f in tracked("kernels") if f.endswith(".py")]
+    modules = [f for f in tracked("unlearn_fast") if f.endswith(".py")]
     for what, lost in (
+        ("wheel: Python modules", missing(modules, in_wheel)),
         ("wheel: assets", missing(assets, in_wheel)),
         ("wheel: Triton kernels", missing(kernels, in_wheel)),
         ("sdist: assets", missing(assets, in_sdist)),

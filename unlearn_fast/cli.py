@@ -169,13 +169,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import NonFiniteError, train
+    from .training import CheckpointWriteError, NonFiniteError, TrainingInterrupted, train
 
     config = config_from_args(args)
     try:
         result = train(config)
-    except NonFiniteError as e:
+    except TrainingInterrupted as e:  # 128 + signal, as a shell reports a process the signal ended
         print(f"unlearn-fast train: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (NonFiniteError, CheckpointWriteError) as e:
+        print(f"unlearn-fast train: error: {e}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError) as e:  # a setting the model or data reject
         print(f"unlearn-fast train: error: {e}", file=sys.stderr)

@@ -35,6 +35,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,15 +50,62 @@ from ..engine import UnlearningObjective
 from ..methods import Method
 from ..models import ConditionedModel, family_of, trainable_parameters
 from ..noising import noising_for
-from .checkpoints import (METRICS_FILE, STATE_FILE, find_latest_checkpoint, list_checkpoints, load_checkpoint,
-                          save_checkpoint, save_final, truncate_metrics)
+from .checkpoints import (METRICS_FILE, STATE_FILE, find_latest_checkpoint, find_latest_valid_checkpoint,
+                          list_checkpoints, load_checkpoint, save_checkpoint, save_final, truncate_metrics,
+                          verify_checkpoint)
 from .data import SampleSource, images_source, mnist_source, pool_source
+from .lock import OutputInUseError, RunLock
 from .loading import add_lora, build_method, condition_ids, load_model
 from .rng import derive_seed, set_rng_state
 
 
 class NonFiniteError(RuntimeError):
     """The loss or a dual variable became NaN/Inf; the message names the first bad step."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT: the step in flight finished, a checkpoint was written; ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int, checkpoint: str):
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+class _StopSignals:
+    """Records SIGTERM/SIGINT instead of dying; the loop stops at the end of the step in flight.
+    Installed only in the main thread (signal handlers can live nowhere else)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def requested(self, accelerator) -> int:
+        """The signal every rank stops for (0: none). One process: a host flag, no device read;
+        several: a max all-reduce each step, so every rank stops at the same step."""
+        mine = self.received or 0
+        if accelerator.num_processes == 1:
+            return mine
+        flag = torch.tensor([mine], device=accelerator.device)
+        return int(accelerator.reduce(flag, "max").item())
 
 
 @dataclass
@@ -124,17 +173,37 @@ def train(config: TrainConfig) -> TrainResult:
     had_state = bool(AcceleratorState._shared_state)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
+    lock = RunLock(config.output_dir)
     try:
         accelerator = _accelerator(config)
+        _lock(lock, accelerator)
         resume_dir = _prepare_output(config, accelerator)
         _seed(config)
         run = _build(config, accelerator, resume_dir)
-        return _loop(run)
+        with _StopSignals() as stop:
+            return _loop(run, stop)
     finally:
+        lock.release()
         if not had_state:  # let a later train() in this process choose other accelerate settings
             AcceleratorState._reset_state()
             GradientState._reset_state()
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _lock(lock: RunLock, accelerator) -> None:
+    """The main process takes the output folder's lock; every rank fails if it could not."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except OutputInUseError as e:
+            error = e
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(torch.tensor([1 if error else 0], device=accelerator.device), "max")
+        if int(failed.item()) and error is None:
+            raise OutputInUseError(f"output_dir: {str(lock.path.parent)!r} is in use by another run")
+    if error is not None:
+        raise error
 
 
 def _prepare_output(config: TrainConfig, accelerator) -> Path | None:
@@ -142,11 +211,14 @@ def _prepare_output(config: TrainConfig, accelerator) -> Path | None:
     out = Path(config.output_dir)
     resume_dir = None
     if config.resume == "latest":
-        resume_dir = find_latest_checkpoint(out)
+        resume_dir = find_latest_valid_checkpoint(out)
     elif config.resume is not None:
         resume_dir = Path(config.resume)
         if not (resume_dir / STATE_FILE).is_file():
             raise ValueError(f"resume: {config.resume!r} is not a complete checkpoint (no {STATE_FILE})")
+        problem = verify_checkpoint(resume_dir)
+        if problem is not None:
+            raise ValueError(f"resume: {config.resume!r} is damaged: {problem}")
     if resume_dir is None and list_checkpoints(out) and not config.overwrite:
         raise ValueError(f"output_dir: {str(out)!r} already holds checkpoints; set resume = 'latest' to "
                          "continue, overwrite = true to start again, or choose another output_dir")
@@ -318,7 +390,7 @@ def _log(run: _Run, step: int, loss_mean: torch.Tensor, last_dist, last_reg, t_s
     return metrics
 
 
-def _loop(run: _Run) -> TrainResult:
+def _loop(run: _Run, stop: _StopSignals) -> TrainResult:
     from tqdm.auto import tqdm
 
     c, accelerator = run.config, run.accelerator
@@ -378,6 +450,20 @@ def _loop(run: _Run) -> TrainResult:
         if is_ckpt:
             save_checkpoint(run.out, step, accelerator, raw_module, run.lora, run.optimizer, run.lr_scheduler,
                             run.method, c, data_gen, step_gen)
+        signum = stop.requested(accelerator)
+        if signum and step < c.max_steps:
+            if not is_ckpt:
+                health.check(run, step, pbar)
+                ckpt = save_checkpoint(run.out, step, accelerator, raw_module, run.lora, run.optimizer,
+                                       run.lr_scheduler, run.method, c, data_gen, step_gen)
+            else:
+                ckpt = run.out / f"checkpoint-{step:08d}"
+            pbar.close()
+            if writer is not None:
+                writer.close()
+            name = signal.Signals(signum).name
+            raise TrainingInterrupted(f"stopped by {name} after step {step} of {c.max_steps}; checkpoint {ckpt}; "
+                                      f"resume with --resume latest (same output_dir)", signum, str(ckpt))
     pbar.close()
     health.check(run, step, pbar)
     if start_step < c.max_steps or not (run.out / "final").is_dir():
