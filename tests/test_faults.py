@@ -234,3 +234,59 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(class_dir
     assert not list(out.glob(".tmp-*")) and not (out / LOCK_FILE).exists()
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert train(tiny(class_dir, out, resume="latest")).resumed_from.endswith("checkpoint-00000002")
+
+
+# --- 4. damaged model folders: one error line naming the file, for every command --------------------
+
+
+def _damage(folder: Path, how: str) -> str:
+    """Damage the class UNet folder ``folder`` in place; returns the file the error must name."""
+    weights, config = folder / "diffusion_pytorch_model.safetensors", folder / "config.json"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 100])
+        return str(weights)
+    if how == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+        return str(weights)
+    if how == "no_config":
+        config.unlink()
+        return str(config)
+    if how == "bad_config":
+        config.write_text('{"_class_name": "UNet2DModel", "sample_size": ')
+        return str(config)
+    if how == "wrong_kind":  # a scheduler folder where a model should be
+        weights.unlink()
+        config.write_text(json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": 10}))
+        return str(folder)
+    raise ValueError(how)
+
+
+COMMANDS = {
+    "train": lambda d, tmp: ["train", "--model-path", d, "--forget", "3", "--max-steps", "1", "--output-dir",
+                             str(tmp / "out"), "--no-progress"],
+    "sample": lambda d, tmp: ["sample", "--model-path", d, "--prompt", "3", "--steps", "1", "--out",
+                              str(tmp / "g.png")],
+    "eval": lambda d, tmp: ["eval", "--model-path", d, "--forget", "3", "--per-class", "1", "--steps", "1"],
+    "continual": lambda d, tmp: ["continual", "--sequence", "3", "--method", "naive", "--model-path", d,
+                                 "--steps", "1", "--per-class", "1", "--out", str(tmp / "c")],
+}
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "no_config", "bad_config", "wrong_kind"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_damaged_model_folder_gets_one_error_line_naming_the_file(class_dir, tmp_path, capsys, how, command):
+    import shutil
+
+    from unlearn_fast.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(class_dir, folder)
+    named = _damage(folder, how)
+    capsys.readouterr()
+    try:
+        code = main(COMMANDS[command](str(folder), tmp_path))
+    except SystemExit as e:
+        code = e.code
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"unlearn-fast {command}: error: ") and named in err[0] and "Traceback" not in err[0], err[0]

@@ -215,7 +215,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         settings.eval.per_class = args.per_class
     try:
         run_demo(settings)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     return 0
 
@@ -272,7 +272,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
             eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=lacu,
             threads=args.threads)
         report = run_continual(settings)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     from .continual import markdown_table
 

@@ -125,11 +125,12 @@ def load_class_ddpm(
     path = path or require_embedded("class_ddpm")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise FileNotFoundError(
-            f"path: class DDPM not found at {path} (expected a diffusers folder with config.json)"
+            f"path: class DDPM not found at {path} (expected a diffusers folder with config.json: "
+            f"{os.path.join(path, 'config.json')} is missing)"
         )
-    use_safetensors = weights_use_safetensors(path, allow_pickle, what="path")
-    unet = UNet2DModel.from_pretrained(path, local_files_only=True, use_safetensors=use_safetensors,
-                                       torch_dtype=dtype)
+    from .models.loading import from_pretrained
+
+    unet = from_pretrained(UNet2DModel, path, allow_pickle=allow_pickle, what="path", torch_dtype=dtype)
     unet = unet.to(device).eval()
     if os.path.exists(os.path.join(path, "scheduler_config.json")):
         scheduler = DDPMScheduler.from_pretrained(path, local_files_only=True)

@@ -65,6 +65,9 @@ def detect_family(path: str | None) -> str:
             return "sd"  # the embedded text DDPM's layout: no model_index.json
         elif os.path.isfile(os.path.join(path, "unet", "config.json")):
             return "class"
+        else:
+            raise ModelFolderError(f"model_path: {path!r} has neither {os.path.join(path, 'model_index.json')} nor "
+                                   f"{config} (expected a diffusers model or pipeline folder)")
     for family in FAMILIES.values():
         if name in family.classes:
             return family.name

@@ -8,7 +8,8 @@ from typing import Sequence
 from torch import nn
 
 from .base import ConditionedModel
-from .loading import ModelFolderError, training_scheduler
+from ..models_zoo import weights_use_safetensors
+from .loading import ModelFolderError, check_model_files, from_pretrained, training_scheduler
 
 
 class ClassConditionalUNet(ConditionedModel):
@@ -41,18 +42,17 @@ def load_class_unet(path: str | None, *, device="cpu", allow_pickle: bool = Fals
     ``scheduler/``, e.g. a ``DDPMPipeline``)."""
     from diffusers import UNet2DModel
 
-    from ..models_zoo import load_class_ddpm, weights_use_safetensors
+    from ..models_zoo import load_class_ddpm
 
     if path is not None and not os.path.isfile(os.path.join(path, "config.json")) \
-            and os.path.isfile(os.path.join(path, "unet", "config.json")):
-        use_st = weights_use_safetensors(os.path.join(path, "unet"), allow_pickle)
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True,
-                                           use_safetensors=use_st).to(device)
+            and os.path.isdir(os.path.join(path, "unet")):
+        unet = from_pretrained(UNet2DModel, path, subfolder="unet", allow_pickle=allow_pickle).to(device)
         scheduler = training_scheduler(path)
         subfolder = "unet"
     else:
         if path is not None:
-            weights_use_safetensors(path, allow_pickle)  # names model_path in its error
+            check_model_files(path)  # names model_path (load_class_ddpm's errors name its own argument)
+            weights_use_safetensors(path, allow_pickle)
         unet, scheduler = load_class_ddpm(path, device=device, allow_pickle=allow_pickle)
         subfolder = None
     n = unet.config.num_class_embeds

@@ -64,14 +64,64 @@ def load_component(path: str, name: str, index: dict, *, allow_pickle: bool = Fa
                                    f"listed in {INDEX_FILE})")
         return None
     if "Tokenizer" in cls.__name__:
-        return cls.from_pretrained(folder, local_files_only=True)
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ModelFolderError(f"model_path: {folder} has no config.json")
-    kwargs = {"local_files_only": True, "use_safetensors": weights_use_safetensors(folder, allow_pickle, what=what)}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    model = cls.from_pretrained(folder, **kwargs)
-    return model.to(device)
+        try:
+            return cls.from_pretrained(folder, local_files_only=True)
+        except Exception as e:  # a tokenizer's files are read by several libraries, each its own errors
+            raise ModelFolderError(f"{what}: {folder} is not a {cls.__name__} folder that loads ({_short(e)})") from None
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    return from_pretrained(cls, folder, allow_pickle=allow_pickle, what=what, **kwargs).to(device)
+
+
+def from_pretrained(cls, folder: str, *, allow_pickle: bool = False, what: str = "model_path", subfolder=None,
+                    **kwargs):
+    """``cls.from_pretrained(folder)`` offline, after checking ``config.json`` parses and every
+    safetensors file is whole; any other failure becomes one ``ModelFolderError`` naming the folder."""
+    path = os.path.join(folder, subfolder) if subfolder else folder
+    check_model_files(path, what)
+    kwargs.setdefault("use_safetensors", weights_use_safetensors(path, allow_pickle, what=what))
+    try:
+        return cls.from_pretrained(path, local_files_only=True, **kwargs)
+    except Exception as e:  # diffusers/transformers raise OSError, ValueError, RuntimeError, ... for a bad folder
+        raise ModelFolderError(f"{what}: {path} does not load as a {cls.__name__} ({_short(e)})") from None
+
+
+def check_model_files(folder: str, what: str = "model_path") -> None:
+    """``config.json`` is there and is JSON; each ``.safetensors`` file holds all the bytes its header names."""
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        raise ModelFolderError(f"{what}: {config} is missing (expected the model's config)")
+    try:
+        with open(config) as f:
+            if not isinstance(json.load(f), dict):
+                raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{what}: {config} is not valid JSON ({_short(e)})") from None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(folder, name), what)
+
+
+def check_safetensors(path: str, what: str = "model_path") -> None:
+    """A cheap whole-file check: the header parses and the file is as long as its tensors need."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 1 or 8 + n > size:
+                raise ValueError("no complete safetensors header")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{what}: {path} is not a valid safetensors file ({_short(e)}); the file is damaged "
+                               "or truncated") from None
+    if 8 + n + end > size:
+        raise ModelFolderError(f"{what}: {path} is truncated: {size} bytes, its header needs {8 + n + end}")
+
+
+def _short(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def training_scheduler(path: str, subfolder: str | None = "scheduler"):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import PromptConditionedModel
-from .loading import ModelFolderError, load_component, read_index, training_scheduler
+from .loading import ModelFolderError, check_model_files, from_pretrained, load_component, read_index, training_scheduler
 
 
 class TextConditionalUNet(PromptConditionedModel):
@@ -55,8 +55,6 @@ def load_sd(path: str, *, prompts: Sequence[str], device="cpu", allow_pickle: bo
     import transformers
     from diffusers import UNet2DConditionModel
 
-    from ..models_zoo import weights_use_safetensors
-
     index = read_index(path)
     for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
         if not os.path.isdir(os.path.join(path, sub)):
@@ -68,16 +66,19 @@ def load_sd(path: str, *, prompts: Sequence[str], device="cpu", allow_pickle: bo
         tokenizer = load_component(path, "tokenizer", index)
         vae = load_component(path, "vae", index, allow_pickle=allow_pickle, required=False, what=what)
     else:  # a folder without model_index.json (the embedded text DDPM's layout)
-        unet = UNet2DConditionModel.from_pretrained(
-            path, subfolder="unet", local_files_only=True,
-            use_safetensors=weights_use_safetensors(os.path.join(path, "unet"), allow_pickle, what=what)).to(device)
+        unet = from_pretrained(UNet2DConditionModel, path, subfolder="unet", allow_pickle=allow_pickle,
+                               what=what).to(device)
         text_dir = os.path.join(path, "text_encoder")
+        check_model_files(text_dir, what)
         with open(os.path.join(text_dir, "config.json")) as f:
             arch = (json.load(f).get("architectures") or ["CLIPTextModel"])[0]
         encoder_cls = getattr(transformers, arch, transformers.AutoModel)
-        text_encoder = encoder_cls.from_pretrained(
-            text_dir, local_files_only=True, use_safetensors=weights_use_safetensors(text_dir, allow_pickle, what=what)).to(device)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+        text_encoder = from_pretrained(encoder_cls, text_dir, allow_pickle=allow_pickle, what=what).to(device)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+        except Exception as e:
+            raise ModelFolderError(f"{what}: {os.path.join(path, 'tokenizer')} is not a tokenizer folder that loads "
+                                   f"({type(e).__name__})") from None
         vae = None
     adapter = TextConditionalUNet(unet.train(), text_encoder, tokenizer, prompts,
                                   components={"vae": vae} if vae is not None else None)
