@@ -290,3 +290,59 @@ def test_a_damaged_model_folder_gets_one_error_line_naming_the_file(class_dir, t
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"unlearn-fast {command}: error: ") and named in err[0] and "Traceback" not in err[0], err[0]
+
+
+# --- the continual runner resumes at the request it reached -----------------------------------------
+
+CONTINUAL_SCRIPT = """
+import sys, time, torch
+torch.set_num_threads(1)
+import unlearn_fast.training.data as data
+from unlearn_fast.cli import main
+real_sample = data.SampleSource.sample
+def paced_sample(self, generator):
+    time.sleep({pace})
+    return real_sample(self, generator)
+data.SampleSource.sample = paced_sample
+sys.exit(main({argv}))
+"""
+
+
+def test_continual_resumes_at_the_request_it_reached(tmp_path):
+    def argv(out):
+        return ["continual", "--sequence", "3,5", "--method", "naive", "--steps", "6",
+                "--batch-size", "6", "--per-class", "1", "--eval-steps", "1", "--out", str(out), "--threads", "1"]
+
+    def run(out, pace=0.0):
+        script = CONTINUAL_SCRIPT.format(pace=pace, argv=repr(argv(out)))
+        return subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    out = tmp_path / "seq"
+    proc = run(out, pace=0.15)
+    started = out / "naive" / "step02" / LOCK_FILE  # request 2's run has begun
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not started.exists():
+            time.sleep(0.01)
+        time.sleep(0.2)  # in request 2's set-up or first steps (6 steps take >= 0.9 s)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "run the same command again" in err.strip().splitlines()[-1]
+    first_final = out / "naive" / "step01" / "final" / "diffusion_pytorch_model.safetensors"
+    stamp = first_final.stat().st_mtime_ns
+    assert list_checkpoints(out / "naive" / "step02") and not (out / "naive" / "step02" / "final").exists()
+
+    again = run(out)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert first_final.stat().st_mtime_ns == stamp  # request 1 was not trained again
+    straight = tmp_path / "straight"
+    ref = run(straight)
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+    assert_same_weights(final_weights(out / "naive" / "step02"), final_weights(straight / "naive" / "step02"))

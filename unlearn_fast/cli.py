@@ -255,6 +255,7 @@ def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
 def run_continual_command(args: argparse.Namespace) -> int:
     from .continual import ContinualSettings, LacuSettings, run_continual
     from .eval.metrics import EvalSettings
+    from .training import TrainingInterrupted
 
     try:
         sequence = [int(c) for c in _split_list([args.sequence])]
@@ -272,6 +273,11 @@ def run_continual_command(args: argparse.Namespace) -> int:
             eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=lacu,
             threads=args.threads)
         report = run_continual(settings)
+    except TrainingInterrupted as e:
+        print(f"unlearn-fast continual: {e.args[0].split('; resume with')[0]}; run the same command again to "
+              "continue (finished requests are kept, the interrupted one resumes from its checkpoint)",
+              file=sys.stderr)
+        return 128 + e.signum
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     from .continual import markdown_table

@@ -55,6 +55,7 @@ the per-sample distances are read).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -386,7 +387,7 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
                    l2_anchor: float = 0.0, lr: float | None = None, seed: int = 0, overrides: dict | None = None):
     from .config import TrainConfig
     from .methods import METHODS
-    from .training import train
+    from .training import list_checkpoints, train
 
     names = embedded_condition_names(settings.model)
     extra = dict(NAIVE_RU) if method == "ru" else {}
@@ -405,8 +406,39 @@ def _train_request(settings: ContinualSettings, method: str, model_path: str | N
         log_every=steps, progress=settings.progress, l2_anchor=l2_anchor, **extra,
     )
     start = time.perf_counter()
+    finished = _finished_request(config)
+    if finished is not None:  # a rerun after an interruption: this request was done already
+        return finished, 0.0, config
+    if list_checkpoints(out_dir):  # interrupted mid-request (SIGTERM writes a checkpoint): continue it
+        config = dataclasses.replace(config, resume="latest", overwrite=False)
     result = train(config)
     return result, time.perf_counter() - start, config
+
+
+#: settings that do not change what a request trains
+_RUN_ONLY_KEYS = ("progress", "overwrite", "resume")
+
+
+def _finished_request(config):
+    """The ``TrainResult`` of a request whose ``final/`` was written by the same settings, else None."""
+    from .training import TrainResult, load_model
+
+    final = os.path.join(config.output_dir, "final")
+    info_file = os.path.join(final, "unlearn_info.json")
+    if not os.path.isfile(info_file):
+        return None
+    try:
+        with open(info_file) as f:
+            recorded = json.load(f).get("config", {})
+    except (OSError, ValueError):
+        return None
+    wanted = {k: v for k, v in config.to_dict().items() if k not in _RUN_ONLY_KEYS}
+    if {k: v for k, v in recorded.items() if k not in _RUN_ONLY_KEYS} != json.loads(json.dumps(wanted)):
+        return None
+    model, _, _ = load_model(dataclasses.replace(config, model_path=final))
+    model.module.eval()
+    return TrainResult(output_dir=config.output_dir, final_dir=final, step=config.max_steps, metrics={},
+                       model=model, resumed_from=final)
 
 
 def train_lacu_request(settings: ContinualSettings, model_path: str | None, request: int, out_dir: str, *,

@@ -64,10 +64,13 @@ def embedded_evaluator(scheduler, settings: EvalSettings | None = None, model: s
                        image_size: int = 16) -> "ClassEvaluator":
     """The evaluator of the embedded models: the shipped classifier on the held-out MNIST split,
     with the canonical digit prompts as classes for the text model."""
-    from ..data.mnist import load_split
+    from ..data.mnist import IMAGE_SIZE, load_split
     from ..models_zoo import embedded_condition_names
     from .classifier import load_classifier
 
+    if image_size != IMAGE_SIZE:
+        raise ValueError(f"model_path: the embedded evaluator's classifier reads {IMAGE_SIZE}x{IMAGE_SIZE} digits; "
+                         f"this model draws {image_size}x{image_size}")
     images, labels = load_split("heldout", size=image_size)
     return ClassEvaluator(scheduler, load_classifier(), images, labels, settings,
                           prompts=embedded_condition_names("text") if model == "text" else None)

@@ -175,12 +175,12 @@ def train(config: TrainConfig) -> TrainResult:
                      torch.is_deterministic_algorithms_warn_only_enabled())
     lock = RunLock(config.output_dir)
     try:
-        accelerator = _accelerator(config)
-        _lock(lock, accelerator)
-        resume_dir = _prepare_output(config, accelerator)
-        _seed(config)
-        run = _build(config, accelerator, resume_dir)
-        with _StopSignals() as stop:
+        with _StopSignals() as stop:  # from the start: a signal during the set-up stops before step 1
+            accelerator = _accelerator(config)
+            _lock(lock, accelerator)
+            resume_dir = _prepare_output(config, accelerator)
+            _seed(config)
+            run = _build(config, accelerator, resume_dir)
             return _loop(run, stop)
     finally:
         lock.release()
@@ -418,7 +418,11 @@ def _loop(run: _Run, stop: _StopSignals) -> TrainResult:
     loss_sum, loss_count = torch.zeros((), device=device), 0
     last_metrics, last_dist, last_reg = {}, None, None
     t_start = time.time()
+    last_ckpt = run.resume_dir
     while step < c.max_steps:
+        signum = stop.requested(accelerator)
+        if signum:  # SIGTERM/SIGINT arrived during the last step (or the set-up): checkpoint, then stop
+            _stop(run, signum, step, last_ckpt, health, pbar, writer, raw_module, data_gen, step_gen)
         for _ in range(c.grad_accum):
             batch = run.source.sample(data_gen)
             with accelerator.accumulate(prepared):
@@ -448,22 +452,8 @@ def _loop(run: _Run, stop: _StopSignals) -> TrainResult:
             last_metrics = _log(run, step, loss_mean, last_dist, last_reg, t_start, writer, pbar)
             loss_sum, loss_count = torch.zeros((), device=device), 0
         if is_ckpt:
-            save_checkpoint(run.out, step, accelerator, raw_module, run.lora, run.optimizer, run.lr_scheduler,
-                            run.method, c, data_gen, step_gen)
-        signum = stop.requested(accelerator)
-        if signum and step < c.max_steps:
-            if not is_ckpt:
-                health.check(run, step, pbar)
-                ckpt = save_checkpoint(run.out, step, accelerator, raw_module, run.lora, run.optimizer,
-                                       run.lr_scheduler, run.method, c, data_gen, step_gen)
-            else:
-                ckpt = run.out / f"checkpoint-{step:08d}"
-            pbar.close()
-            if writer is not None:
-                writer.close()
-            name = signal.Signals(signum).name
-            raise TrainingInterrupted(f"stopped by {name} after step {step} of {c.max_steps}; checkpoint {ckpt}; "
-                                      f"resume with --resume latest (same output_dir)", signum, str(ckpt))
+            last_ckpt = save_checkpoint(run.out, step, accelerator, raw_module, run.lora, run.optimizer,
+                                        run.lr_scheduler, run.method, c, data_gen, step_gen)
     pbar.close()
     health.check(run, step, pbar)
     if start_step < c.max_steps or not (run.out / "final").is_dir():
@@ -479,6 +469,22 @@ def _loop(run: _Run, stop: _StopSignals) -> TrainResult:
                        checkpoints=[str(p) for _, p in list_checkpoints(run.out)], model=run.adapter,
                        method=run.method, resumed_from=str(run.resume_dir) if run.resume_dir is not None else None,
                        teacher=run.teacher)
+
+
+def _stop(run: _Run, signum: int, step: int, last_ckpt, health: _Health, pbar, writer, raw_module, data_gen,
+          step_gen) -> None:
+    """Write a checkpoint at ``step`` (unless the last one is of this step) and raise ``TrainingInterrupted``."""
+    c = run.config
+    ckpt = Path(last_ckpt) if last_ckpt is not None else None
+    if ckpt is None or ckpt.name != f"checkpoint-{step:08d}":
+        health.check(run, step, pbar)
+        ckpt = save_checkpoint(run.out, step, run.accelerator, raw_module, run.lora, run.optimizer,
+                               run.lr_scheduler, run.method, c, data_gen, step_gen)
+    pbar.close()
+    if writer is not None:
+        writer.close()
+    raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {step} of {c.max_steps}; "
+                              f"checkpoint {ckpt}; resume with --resume latest (same output_dir)", signum, str(ckpt))
 
 
 def _source_dir(config: TrainConfig, family: str) -> str | None:
