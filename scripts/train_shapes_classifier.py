@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Train the two-headed shapes CNN (object + style) shipped as unlearn_fast/assets/shapes_classifier.safetensors.
+
+Data: the fixed "train" split of unlearn_fast.data.shapes (9,600 generated images, 200 per
+object-style combination); the 1,200 "heldout" images are used only for evaluation.
+Augmentation: random horizontal flip and small Gaussian pixel noise (std uniform in
+[0, --noise]), so that slightly noisy diffusion samples are scored like clean ones. Loss:
+cross-entropy of the object head plus that of the style head (label smoothing 0.05). AdamW,
+linear warmup then cosine decay. Checkpoints (model + optimizer + step + RNG + elapsed time)
+are written atomically every --ckpt-every steps to --ckpt and a run resumes from it
+automatically (--no-resume to start over). At the end the weights go to --out (safetensors)
+and the constructor arguments plus a "training" record (steps, seconds, held-out accuracy of
+each head, per class) to the matching *_config.json, both atomically.
+
+    python scripts/train_shapes_classifier.py --steps 1500 --threads 1
+    python scripts/train_shapes_classifier.py --steps 1500 --threads 1 --seed 1 --channels 16,32,32 \\
+        --ckpt runs/shapes_detector/ckpt.pt --out unlearn_fast/assets/shapes_detector.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from _training import atomic_save, lr_at  # noqa: E402  (scripts/_training.py)
+from unlearn_fast.data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, load_split  # noqa: E402
+from unlearn_fast.eval.shapes_classifier import SHAPES_CLASSIFIER_WEIGHTS_FILE, ShapesClassifier  # noqa: E402
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, noise: float) -> torch.Tensor:
+    """Random horizontal flip per image, then Gaussian noise of a random std in [0, noise]."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    if noise > 0:
+        std = torch.rand(len(x), 1, 1, 1, generator=gen) * noise
+        x = (x + std * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, x, obj, sty, bs=500):
+    """``(object_acc, style_acc, both_acc, per_object, per_style)`` on ``x``."""
+    was = model.training
+    model.eval()
+    po, ps = model.predict(x, bs)
+    model.train(was)
+    ok_o, ok_s = po == obj, ps == sty
+    per_o = [ok_o[obj == c].float().mean().item() for c in range(NUM_OBJECTS)]
+    per_s = [ok_s[sty == c].float().mean().item() for c in range(NUM_STYLES)]
+    return ok_o.float().mean().item(), ok_s.float().mean().item(), (ok_o & ok_s).float().mean().item(), per_o, per_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels", default="32,64,64", help="conv widths at 32, 16 and 8 px, comma-separated "
+                                                          "(the detector: 16,32,32)")
+    ap.add_argument("--feature-dim", type=int, default=128)
+    ap.add_argument("--noise", type=float, default=0.1, help="max std of the Gaussian pixel noise augmentation")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "shapes_classifier", "ckpt.pt"))
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--out", default=SHAPES_CLASSIFIER_WEIGHTS_FILE)
+    args = ap.parse_args()
+
+    try:
+        channels = tuple(int(c) for c in args.channels.split(","))
+    except ValueError:
+        ap.error(f"--channels: expected three comma-separated integers, got {args.channels!r}")
+    if len(channels) != 3 or min(channels) < 1:
+        ap.error(f"--channels: expected three positive widths, got {args.channels!r}")
+    if args.steps < 1 or args.batch < 1:
+        ap.error("--steps and --batch must be positive")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    t_data = time.time()
+    xtr, otr, sty_tr = load_split("train")
+    xte, ote, ste = load_split("heldout")
+    print(f"generated {len(xtr)} train + {len(xte)} held-out images in {time.time() - t_data:.0f}s", flush=True)
+    model = ShapesClassifier(channels=channels, feature_dim=args.feature_dim)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"ShapesClassifier(channels={channels}, feature_dim={args.feature_dim}): {n_params} parameters", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step, elapsed = 0, 0.0
+    if not args.no_resume and os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, elapsed = ck["step"], ck.get("elapsed", 0.0)
+        print(f"resumed from {args.ckpt} at step {step}", flush=True)
+
+    def checkpoint():
+        atomic_save(
+            dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                 torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, args=vars(args)),
+            args.ckpt,
+        )
+
+    n = len(xtr)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    model.train()
+    t0 = time.time() - elapsed
+    pbar = tqdm(total=args.steps, initial=step, desc="shapes_classifier", mininterval=10, file=sys.stdout)
+    while step < args.steps:
+        if pos + args.batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + args.batch]
+        pos += args.batch
+        x = augment(xtr[idx], gen, args.noise)
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, min_ratio=0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lo, ls = model(x)
+        loss = (F.cross_entropy(lo, otr[idx], label_smoothing=0.05)
+                + F.cross_entropy(ls, sty_tr[idx], label_smoothing=0.05))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        elapsed = time.time() - t0
+        pbar.update(1)
+        if step % 50 == 0:
+            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
+        if step % args.eval_every == 0 or step == args.steps:
+            ao, as_, ab, _, _ = evaluate(model, xte, ote, ste)
+            tqdm.write(f"step {step} loss {loss.item():.4f} heldout object {ao:.4f} style {as_:.4f} both {ab:.4f} "
+                       f"({elapsed:.0f}s)")
+            sys.stdout.flush()
+        if step % args.ckpt_every == 0 or step == args.steps:
+            checkpoint()
+    pbar.close()
+
+    ao, as_, ab, per_o, per_s = evaluate(model, xte, ote, ste)
+    tro, trs, _, _, _ = evaluate(model, xtr, otr, sty_tr)
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = args.out + ".tmp"
+    save_file(sd, tmp, metadata={"format": "pt", "heldout_object_acc": f"{ao:.4f}", "heldout_style_acc": f"{as_:.4f}"})
+    os.replace(tmp, args.out)
+    os.chmod(args.out, 0o644)
+    cfg_path = os.path.splitext(args.out)[0] + "_config.json"
+    cfg = dict(model.config)
+    cfg["objects"], cfg["styles"] = list(OBJECTS), list(STYLES)
+    cfg["training"] = dict(
+        steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        schedule=args.schedule, warmup=args.warmup, noise=args.noise, seconds=round(elapsed, 1),
+        threads=args.threads, parameters=n_params,
+        data="unlearn_fast.data.shapes train split (9600 images, 200 per object-style combination)",
+        heldout_object_acc=round(ao, 4), heldout_style_acc=round(as_, 4), heldout_both_acc=round(ab, 4),
+        train_object_acc=round(tro, 4), train_style_acc=round(trs, 4),
+        heldout_per_object={o: round(a, 3) for o, a in zip(OBJECTS, per_o)},
+        heldout_per_style={s: round(a, 3) for s, a in zip(STYLES, per_s)},
+    )
+    with open(cfg_path + ".tmp", "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(cfg_path + ".tmp", cfg_path)
+    os.chmod(cfg_path, 0o644)
+    print(f"held-out accuracy: object {ao:.4f}, style {as_:.4f}, both {ab:.4f} (train: object {tro:.4f}, "
+          f"style {trs:.4f})")
+    print("per object " + " ".join(f"{o}:{a:.3f}" for o, a in zip(OBJECTS, per_o)))
+    print("per style " + " ".join(f"{s}:{a:.3f}" for s, a in zip(STYLES, per_s)))
+    print(f"trained {step} steps in {elapsed:.0f}s; wrote {args.out} and {cfg_path}")
+
+
+if __name__ == "__main__":
+    main()
