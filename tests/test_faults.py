@@ -346,3 +346,56 @@ def test_continual_resumes_at_the_request_it_reached(tmp_path):
     _, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err[-3000:]
     assert_same_weights(final_weights(out / "naive" / "step02"), final_weights(straight / "naive" / "step02"))
+
+
+DDP_STOP_SCRIPT = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+import torch.distributed as dist
+import unlearn_fast.training.data as data
+from unlearn_fast.config import TrainConfig
+from unlearn_fast.training import TrainingInterrupted, train
+real_sample = data.SampleSource.sample
+def paced_sample(self, generator):
+    time.sleep(0.2)
+    return real_sample(self, generator)
+data.SampleSource.sample = paced_sample
+try:
+    train(TrainConfig(**{config}))
+    code = 0
+except TrainingInterrupted as e:
+    code = 128 + e.signum
+    with open(f"{out}/stopped_rank{{dist.get_rank()}}.json", "w") as f:
+        json.dump({{"message": str(e), "checkpoint": e.checkpoint}}, f)
+sys.exit(code)
+"""
+
+
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(class_dir, tmp_path):
+    from helpers import free_port
+
+    out = tmp_path / "ddp"
+    config = tiny(class_dir, out, max_steps=200, checkpoint_every=0, data="pool", pool_size=2, pool_steps=1)
+    script = DDP_STOP_SCRIPT.format(config=repr(config.to_dict()), out=str(out))
+    port, procs = str(free_port()), []
+    for rank in range(2):
+        env = subprocess_env()
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        _wait_for_steps(procs[0], out / "metrics.jsonl", 3, timeout=240)
+        procs[1].send_signal(signal.SIGTERM)  # only the second rank is told
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [143, 143], "\n".join(log[-2000:] for log in logs)
+    stopped = [json.loads((out / f"stopped_rank{r}.json").read_text()) for r in range(2)]
+    assert stopped[0]["checkpoint"] == stopped[1]["checkpoint"]  # the same step on both ranks
+    ckpt = Path(stopped[0]["checkpoint"])
+    assert verify_checkpoint(ckpt) is None
+    assert (ckpt / "rng_state_0.pt").is_file() and (ckpt / "rng_state_1.pt").is_file()
