@@ -6,9 +6,15 @@ teacher, the target built in PyTorch, ``F.mse_loss`` for each term. Ours: one
 ``UnlearningObjective.loss`` (one batched teacher call, the fused loss, the dual update;
 with ``--teacher-dtype bf16`` the teacher runs in bf16 under autocast).
 
-Models: ``tiny`` (a small class-conditional UNet2DModel at 16x16, for the CPU) and
-``sd15`` (a UNet2DConditionModel with the Stable Diffusion 1.5 architecture and random
-weights, 4x64x64 latents, 77x768 text embeddings). With ``--lora R`` the student trains
+Models: ``tiny`` (a small class-conditional UNet2DModel at 16x16, for the CPU), ``sd15``
+(a UNet2DConditionModel with the Stable Diffusion 1.5 architecture and random weights,
+4x64x64 latents, 77x768 text embeddings), ``sdxl`` (the SDXL base UNet, 4x128x128 latents,
+77x2048 embeddings, pooled 1280 and time ids, through ``models.SDXLUNet``) and ``flux``
+(the FLUX.1-dev transformer, 16x64x64 latents packed 2x2 (512 px), 512x4096 T5 and 768
+pooled embeddings, guidance embedding, through ``models.FluxTransformer``; flow matching);
+``sdxl-tiny`` and ``flux-tiny`` are the same code paths on the tiny pipelines of
+``models.tiny`` (the GPU script's CPU dry run). The text-to-image adapters get random
+precomputed embeddings in place of text encoders. With ``--lora R`` the student trains
 rank-R LoRA adapters on the attention projections: the engine's teacher is the same
 network with its adapters off, the straightforward loop's a deep-copied fp32 network.
 
@@ -19,6 +25,7 @@ process held before building the models.
     python bench/bench_step.py --device cpu --model tiny --batch 32
     python bench/bench_step.py --device cpu --model sd15 --batch 2 --lora 8 --reps 2
     python bench/bench_step.py --device cuda --model sd15 --batch 8 --teacher-dtype bf16
+    python bench/bench_step.py --device cuda --model flux --batch 2 --lora 16 --dtype bf16 --provider unlearn_fast
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ class EmbeddingTableUNet(ConditionedModel):
         return self.module(x_t, t, encoder_hidden_states=self.embeddings[cond_ids].to(x_t.dtype)).sample
 
 
-def build(model: str, device: str):
+def build(model: str, device: str, dtype: torch.dtype = torch.float32):
+    """``(adapter, scheduler, sample shape)`` of the benchmark model ``model`` (random weights)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
     scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -70,9 +78,62 @@ def build(model: str, device: str):
                            up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
                            num_class_embeds=NUM_CONDITIONS).to(device)
         return ClassConditionalUNet(unet, null_class=NUM_CONDITIONS - 1), scheduler, (1, 16, 16)
+    if model in ("sdxl", "sdxl-tiny", "flux", "flux-tiny"):
+        return _text_to_image(model, device, dtype)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).to(device)  # the SD1.5 layout
     emb = torch.randn(NUM_CONDITIONS, 77, 768, device=device)
     return EmbeddingTableUNet(unet, emb), scheduler, (4, 64, 64)
+
+
+#: the SDXL base UNet's architecture (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json)
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                 transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+#: the FLUX.1-dev transformer's architecture (black-forest-labs/FLUX.1-dev, transformer/config.json)
+FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                        guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+
+
+def _text_to_image(model: str, device: str, dtype: torch.dtype):
+    """SDXL or Flux through the package's own adapters, with random precomputed embeddings."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, UNet2DConditionModel
+
+    from unlearn_fast.models import FluxTransformer, SDXLUNet, tiny
+
+    conditions = [str(i) for i in range(NUM_CONDITIONS - 1)] + [""]
+    g = torch.Generator().manual_seed(0)
+    with torch.device(device):  # parameters made where they run: a 12B model is not built on the host first
+        if model.startswith("sdxl"):
+            unet = tiny.build_sdxl().unet.to(device) if model == "sdxl-tiny" else UNet2DConditionModel(**SDXL_UNET)
+            unet = unet.to(dtype)
+            width, pooled = unet.config.cross_attention_dim, unet.config.projection_class_embeddings_input_dim \
+                - 6 * unet.config.addition_time_embed_dim
+            emb = {"encoder_hidden_states": torch.randn(NUM_CONDITIONS, 77, width, generator=g),
+                   "text_embeds": torch.randn(NUM_CONDITIONS, pooled, generator=g)}
+            resolution = 64 if model == "sdxl-tiny" else 1024  # 8x8 latents (the VAE factor 8)
+            adapter = SDXLUNet(unet, [None, None], [None, None], conditions, resolution=resolution, embeddings=emb,
+                               force_zeros_for_empty_prompt=False, components={"vae": None})
+            from diffusers import DDPMScheduler
+
+            scheduler = DDPMScheduler(num_train_timesteps=1000)
+        else:
+            transformer = tiny.build_flux().transformer.to(device) if model == "flux-tiny" \
+                else FluxTransformer2DModel(**FLUX_TRANSFORMER)
+            transformer = transformer.to(dtype)
+            cfg = transformer.config
+            emb = {"encoder_hidden_states": torch.randn(NUM_CONDITIONS, 512 if model == "flux" else 16,
+                                                        cfg.joint_attention_dim, generator=g),
+                   "pooled_projections": torch.randn(NUM_CONDITIONS, cfg.pooled_projection_dim, generator=g)}
+            resolution = 64 if model == "flux-tiny" else 512
+            adapter = FluxTransformer(transformer, None, None, None, None, conditions, resolution=resolution,
+                                      embeddings=emb, components={"vae": None})
+            scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    adapter.components = {}
+    return adapter, scheduler, adapter.sample_shape()
 
 
 def add_lora(adapter: ConditionedModel, rank: int) -> None:
@@ -115,9 +176,15 @@ def make_batch(batch: int, shape, device, forget: int = 3) -> Batch:
 def reference_step(student, teacher, scheduler, batch: Batch, eta: float, generator):
     """The straightforward loop: separate fp32 teacher calls and F.mse_loss per term."""
     x0 = batch.x0
-    t = torch.randint(0, 1000, (len(batch),), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-    x_t = scheduler.add_noise(x0, noise, t)
+    noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    if "FlowMatch" in type(scheduler).__name__:  # x_t on the straight path, sigma from the shifted table
+        idx = torch.randint(0, 1000, (len(batch),), device=x0.device, generator=generator)
+        t = scheduler.timesteps.to(x0.device)[idx]
+        sigma = (t / 1000).to(x0.dtype).view(-1, 1, 1, 1)
+        x_t = (1 - sigma) * x0 + sigma * noise
+    else:
+        t = torch.randint(0, 1000, (len(batch),), device=x0.device, generator=generator)
+        x_t = scheduler.add_noise(x0, noise, t)
     forget = batch.role == 0
     xf, tf, cf = x_t[forget], t[forget], batch.cond[forget]
     xr, tr, cr = x_t[~forget], t[~forget], batch.cond[~forget]
@@ -134,7 +201,9 @@ def reference_step(student, teacher, scheduler, batch: Batch, eta: float, genera
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", default=None, choices=["tiny", "sd15"], help="default: tiny on CPU, sd15 on GPU")
+    parser.add_argument("--model", default=None, choices=["tiny", "sd15", "sdxl", "flux", "sdxl-tiny", "flux-tiny"],
+                        help="default: tiny on CPU, sd15 on GPU")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the networks' weights and inputs")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--teacher-dtype", default=None, choices=["bf16", "fp16"])
     parser.add_argument("--reps", type=int, default=10)
@@ -153,7 +222,8 @@ def main(argv=None) -> int:
     batch_size = args.batch or (8 if model_name == "sd15" else 32)
     device = args.device
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    student, scheduler, shape = build(model_name, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    student, scheduler, shape = build(model_name, device, dtype)
     ref_teacher = None
     if args.provider != "unlearn_fast":  # the straightforward loop's teacher: a deep-copied network
         ref_teacher = copy.copy(student)
@@ -169,6 +239,7 @@ def main(argv=None) -> int:
             teacher = copy.copy(teacher)
             teacher.module = copy.deepcopy(teacher.module).to({"bf16": torch.bfloat16, "fp16": torch.float16}[args.teacher_dtype])
     batch = make_batch(batch_size, shape, device)
+    batch.x0 = batch.x0.to(dtype)
     params = [p for p in student.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     method = ReverseKLUnlearning([3], NUM_CONDITIONS - 1, num_conditions=NUM_CONDITIONS, init_lambda=0.5)
@@ -204,7 +275,7 @@ def main(argv=None) -> int:
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
         results[name] = (q, mem)
         size = f"{model_name}-b{batch_size}" + (f"-teacher_{args.teacher_dtype}" if args.teacher_dtype else "") \
-            + (f"-lora{args.lora}" if args.lora else "")
+            + (f"-lora{args.lora}" if args.lora else "") + ("-bf16" if args.dtype == "bf16" else "")
         rows.append(dict(kernel="ru_step", provider=name, mode="full", metric="ms", size=size,
                          p20=f"{q[0]:.4g}", p50=f"{q[1]:.4g}", p80=f"{q[2]:.4g}", device=dev_name,
                          versions=versions, date=date))

@@ -55,7 +55,10 @@ MODES = {
         bf16=["--compile", "default", "--sizes", "8x4x128x128", "8x16x128x128"],
         autotune=["--compile", "max-autotune", "--sizes", "8x4x128x128"],
         step=["--device", "cuda", "--model", "sd15", "--batch", "8", "--reps", "5"],
-        limits=dict(build=240, backends=30, tests=120, fp32=100, bf16=60, autotune=90, step=60, plots=30)),
+        sdxl=["--device", "cuda", "--model", "sdxl", "--batch", "2", "--reps", "3", "--lora", "16", "--dtype", "bf16"],
+        flux=["--device", "cuda", "--model", "flux", "--batch", "1", "--reps", "3", "--lora", "16", "--dtype", "bf16",
+              "--provider", "unlearn_fast"],
+        limits=dict(build=240, backends=30, tests=120, fp32=100, bf16=60, autotune=90, step=60, big=90, plots=30)),
     "dry": dict(
         build=[PY, "-c", "import unlearn_fast._C"], build_env={}, backends=["cpu", "triton"],
         env={"TRITON_INTERPRET": "1"},
@@ -65,7 +68,11 @@ MODES = {
         bf16=["--compile", "--sizes", "2x4x8x8"],
         autotune=["--compile", "default", "--sizes", "2x4x8x8"],
         step=["--device", "cpu", "--model", "tiny", "--batch", "4", "--reps", "2"],
-        limits=dict(build=60, backends=60, tests=120, fp32=60, bf16=60, autotune=240, step=120, plots=60)),
+        sdxl=["--device", "cpu", "--model", "sdxl-tiny", "--batch", "2", "--reps", "2", "--lora", "4",
+              "--provider", "unlearn_fast"],
+        flux=["--device", "cpu", "--model", "flux-tiny", "--batch", "2", "--reps", "2", "--lora", "4", "--dtype", "bf16",
+              "--provider", "unlearn_fast"],
+        limits=dict(build=60, backends=60, tests=120, fp32=60, bf16=60, autotune=240, step=120, big=120, plots=60)),
 }
 
 
@@ -85,6 +92,9 @@ def steps(work: str, mode: str) -> list[Step]:
         Step("step_sd15_fp32", step, lim["step"]),
         Step("step_sd15_bf16", step + ["--teacher-dtype", "bf16"], lim["step"]),
         Step("plots", [PY, "bench/plot_kernels.py", kernels_csv, "--out", os.path.join(work, "plots")], lim["plots"]),
+        # the full-size transformer-era steps, LoRA in bf16, last: they run if the budget has room
+        Step("step_sdxl_lora_bf16", [PY, "bench/bench_step.py", *m["sdxl"], "--csv", step_csv], lim["big"]),
+        Step("step_flux_lora_bf16", [PY, "bench/bench_step.py", *m["flux"], "--csv", step_csv], lim["big"]),
     ]
 
 
@@ -176,7 +186,7 @@ def main(argv=None) -> int:
     for name in ("kernels_fp32", "kernels_bf16", "kernels_autotune"):
         sections.append(markdown_tables(os.path.join(work, "logs", f"{name}.log")))
     sections += ["", "## RU step: engine vs the straightforward loop", "", "```"]
-    for name in ("step_sd15_fp32", "step_sd15_bf16"):
+    for name in ("step_sd15_fp32", "step_sd15_bf16", "step_sdxl_lora_bf16", "step_flux_lora_bf16"):
         sections.append(markdown_tables(os.path.join(work, "logs", f"{name}.log")).rstrip())
     sections += ["```", "", "## Tests", "", "```", tail(os.path.join(work, "logs", "gpu_tests.log"), 3).rstrip(),
                  "```", ""]

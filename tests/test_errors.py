@@ -179,7 +179,8 @@ def test_model_path_that_is_a_file_or_missing(tmp_path):
     with pytest.raises(ConfigError, match="^model_path: expected a diffusers folder, got a file"):
         TrainConfig(forget=["3"], model_path=str(f))
     with pytest.raises(FileNotFoundError, match=r"^path: class DDPM not found at .*no_model \(expected a "
-                                                r"diffusers folder with config.json\)"):
+                                                r"diffusers folder with config.json: .*no_model/config.json is "
+                                                r"missing\)"):
         load_class_ddpm(str(tmp_path / "no_model"))
 
 

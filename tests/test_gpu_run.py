@@ -18,7 +18,8 @@ def test_cpu_dry_run_runs_every_step_and_returns_at_most_four_files(tmp_path):
     summary = (out / "summary.md").read_text()
     steps = [line.split("|")[1:3] for line in summary.splitlines() if line.startswith("| ") and " ok " in line]
     assert [s[0].strip() for s in steps] == ["build", "backends", "gpu_tests", "kernels_fp32", "kernels_bf16",
-                                            "kernels_autotune", "step_sd15_fp32", "step_sd15_bf16", "plots"]
+                                            "kernels_autotune", "step_sd15_fp32", "step_sd15_bf16", "plots",
+                                            "step_sdxl_lora_bf16", "step_flux_lora_bf16"]
     assert "full / floor" in summary and "speed-up" in summary
     assert all(f.stat().st_size < 16 * 2**20 for f in out.iterdir())  # what the device tool brings back
 

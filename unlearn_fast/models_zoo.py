@@ -322,17 +322,26 @@ def load_text_ddpm(
     ``scheduler/``). Weights load from safetensors; pickle-only weights are refused unless
     ``allow_pickle=True`` (see :func:`weights_use_safetensors`).
     """
+    prompts = list(prompts) if prompts is not None else all_digit_prompts() + [""]
+    return load_text_folder(path or require_embedded("text_ddpm"), prompts, device, dtype, allow_pickle,
+                            name="text DDPM", script="scripts/pretrain_text_ddpm.py")
+
+
+def load_text_folder(path: str, prompts, device, dtype, allow_pickle: bool, *, name: str, script: str):
+    """``(adapter, scheduler)`` of an embedded text-to-image folder (the text DDPM's layout:
+    ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``), in eval mode; a missing part
+    is a ``FileNotFoundError`` naming it and the script that writes the folder."""
     from .models.sd import load_sd
 
-    path = path or require_embedded("text_ddpm")
-    if not os.path.exists(os.path.join(path, "unet", "config.json")):
-        raise FileNotFoundError(
-            f"path: text DDPM not found at {path} (expected a folder with unet/config.json, "
-            "as scripts/pretrain_text_ddpm.py writes)"
-        )
-    prompts = list(prompts) if prompts is not None else all_digit_prompts() + [""]
+    required = ("unet/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json")
+    missing = [r for r in required if not os.path.isfile(os.path.join(path, *r.split("/")))]
+    if missing:
+        raise FileNotFoundError(f"path: {name} not found at {path} (missing {', '.join(missing)}; expected the "
+                                f"folder {script} writes: unet/, text_encoder/, tokenizer/, scheduler/)")
     adapter, scheduler = load_sd(path, prompts=prompts, device=device, allow_pickle=allow_pickle, what="path")
-    adapter.module.to(dtype).eval()
+    if dtype != next(adapter.module.parameters()).dtype:
+        adapter.module.to(dtype)
+    adapter.module.eval()
     return adapter, scheduler
 
 

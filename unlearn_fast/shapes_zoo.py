@@ -33,6 +33,7 @@ from .models_zoo import (
     build_class_scheduler_config,
     build_tiny_clip_text_config,
     build_tiny_clip_tokenizer,
+    load_text_folder,
 )
 
 SHAPES_DDPM_DIR = os.path.join(ASSETS_DIR, "shapes_ddpm")
@@ -108,17 +109,6 @@ def load_shapes_ddpm(
     from safetensors; pickle-only weights are refused unless ``allow_pickle=True`` (see
     :func:`unlearn_fast.models_zoo.weights_use_safetensors`).
     """
-    from .models.sd import load_sd
-
-    path = path or SHAPES_DDPM_DIR
-    required = ("unet/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json")
-    missing = [r for r in required if not os.path.isfile(os.path.join(path, *r.split("/")))]
-    if missing:
-        raise FileNotFoundError(
-            f"path: shapes DDPM not found at {path} (missing {', '.join(missing)}; expected the folder "
-            "scripts/pretrain_shapes_ddpm.py exports: unet/, text_encoder/, tokenizer/, scheduler/)"
-        )
     prompts = list(prompts) if prompts is not None else canonical_shapes_prompts() + [""]
-    adapter, scheduler = load_sd(path, prompts=prompts, device=device, allow_pickle=allow_pickle, what="path")
-    adapter.module.to(dtype).eval()
-    return adapter, scheduler
+    return load_text_folder(path or SHAPES_DDPM_DIR, prompts, device, dtype, allow_pickle, name="shapes DDPM",
+                            script="scripts/pretrain_shapes_ddpm.py")

@@ -97,8 +97,6 @@ def load_classifier(
     device: Union[str, torch.device] = "cpu",
 ) -> DigitClassifier:
     """The shipped classifier, in eval mode with gradients off (no download)."""
-    from safetensors.torch import load_file
-
     weights = weights or CLASSIFIER_WEIGHTS_FILE
     shipped = {CLASSIFIER_WEIGHTS_FILE: "classifier", DETECTOR_WEIGHTS_FILE: "detector"}
     if weights in shipped:
@@ -106,19 +104,26 @@ def load_classifier(
     config = config or (
         CLASSIFIER_CONFIG_FILE if weights == CLASSIFIER_WEIGHTS_FILE else os.path.splitext(weights)[0] + "_config.json"
     )
+    return build_from_files(DigitClassifier, weights, config, device, script="scripts/train_classifier.py")
+
+
+def build_from_files(cls, weights: str, config: str, device, *, script: str):
+    """A classifier of class ``cls`` from its safetensors ``weights`` and ``*_config.json`` (its
+    constructor arguments; other keys, e.g. the training record, ignored), in eval mode with
+    gradients off."""
+    from safetensors.torch import load_file
+
     if not os.path.exists(weights):
-        raise FileNotFoundError(
-            f"weights: classifier weights not found at {weights} (expected a safetensors file, "
-            "as scripts/train_classifier.py writes)"
-        )
+        raise FileNotFoundError(f"weights: {cls.__name__} weights not found at {weights} (expected a safetensors "
+                                f"file, as {script} writes)")
     cfg = {}
     if os.path.exists(config):
         with open(config) as f:
             cfg = json.load(f)
-    cfg = {k: v for k, v in cfg.items() if k in DigitClassifier.__init__.__code__.co_varnames}
+    cfg = {k: v for k, v in cfg.items() if k in cls.__init__.__code__.co_varnames}
     if "channels" in cfg:
         cfg["channels"] = tuple(cfg["channels"])
-    model = DigitClassifier(**cfg)
+    model = cls(**cfg)
     model.load_state_dict(load_file(weights, device="cpu"))
     model.to(device).eval().requires_grad_(False)
     return model

@@ -16,7 +16,6 @@ with its ``*_config.json``; both produced by ``scripts/train_shapes_classifier.p
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Tuple, Union
 
@@ -107,26 +106,11 @@ def load_shapes_classifier(
 ) -> ShapesClassifier:
     """The shipped shapes evaluator (or ``weights`` with its ``*_config.json``), in eval mode with
     gradients off (no download)."""
-    from safetensors.torch import load_file
+    from .classifier import build_from_files
 
     weights = weights or SHAPES_CLASSIFIER_WEIGHTS_FILE
     config = config or os.path.splitext(weights)[0] + "_config.json"
-    if not os.path.exists(weights):
-        raise FileNotFoundError(
-            f"weights: shapes classifier weights not found at {weights} (expected a safetensors file, "
-            "as scripts/train_shapes_classifier.py writes)"
-        )
-    cfg = {}
-    if os.path.exists(config):
-        with open(config) as f:
-            cfg = json.load(f)
-    cfg = {k: v for k, v in cfg.items() if k in ShapesClassifier.__init__.__code__.co_varnames}
-    if "channels" in cfg:
-        cfg["channels"] = tuple(cfg["channels"])
-    model = ShapesClassifier(**cfg)
-    model.load_state_dict(load_file(weights, device="cpu"))
-    model.to(device).eval().requires_grad_(False)
-    return model
+    return build_from_files(ShapesClassifier, weights, config, device, script="scripts/train_shapes_classifier.py")
 
 
 def load_shapes_detector(device: Union[str, torch.device] = "cpu") -> ShapesClassifier:

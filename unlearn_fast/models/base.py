@@ -129,15 +129,24 @@ class PromptConditionedModel(ConditionedModel):
     tokenizers: Sequence
     text_encoders: Sequence[nn.Module]
 
-    def _init_prompts(self, prompts: Sequence[str]) -> None:
+    def _init_prompts(self, prompts: Sequence[str], embeddings: dict[str, torch.Tensor] | None = None) -> None:
+        """Register ``prompts`` (plus ``""``), encoded now, or given as precomputed ``embeddings``
+        (one row per prompt, in order, the null prompt included: then no encoder is needed)."""
         prompts = [str(p) for p in prompts]
-        if "" not in prompts:
+        if embeddings is None and "" not in prompts:
             prompts.append("")
         conditions = list(dict.fromkeys(prompts))
+        if "" not in conditions:
+            raise ValueError("prompts: precomputed embeddings need a row for the null prompt \"\"")
         for enc in self.text_encoders:
             if enc is not None:
                 enc.requires_grad_(False).eval()
-        self.table = _PromptTable(conditions, self.encode(conditions))
+        if embeddings is not None:
+            bad = {k: tuple(v.shape) for k, v in embeddings.items() if len(v) != len(conditions)}
+            if bad or len(conditions) != len(prompts):
+                raise ValueError(f"embeddings: expected one row per distinct prompt ({len(conditions)}), got {bad}")
+            embeddings = {k: v.detach().float().cpu() for k, v in embeddings.items()}
+        self.table = _PromptTable(conditions, embeddings if embeddings is not None else self.encode(conditions))
         self.null_id = conditions.index("")
 
     # the table is shared with the teacher (a shallow copy), so prompts added later reach both
@@ -168,6 +177,11 @@ class PromptConditionedModel(ConditionedModel):
     def cached(self, cond_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The cached embeddings of ``cond_ids``, on their device, in ``dtype``."""
         return {k: v[cond_ids] for k, v in self.table.on(cond_ids.device, dtype).items()}
+
+    def _require_encoders(self) -> None:
+        if any(enc is None for enc in self.text_encoders[:1]) or not self.text_encoders:
+            raise ValueError("prompts: this adapter was built from precomputed embeddings, without text encoders; "
+                             "it cannot encode new prompts")
 
     @staticmethod
     def _tokens(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:

@@ -52,7 +52,7 @@ class FluxTransformer(PromptConditionedModel):
     def __init__(self, transformer: nn.Module, clip_encoder: nn.Module, clip_tokenizer, t5_encoder: nn.Module,
                  t5_tokenizer, prompts, *, resolution: int = FLUX_DEFAULT_RESOLUTION,
                  max_sequence_length: int = FLUX_MAX_SEQUENCE_LENGTH, embedded_guidance: float = FLUX_EMBEDDED_GUIDANCE,
-                 components: dict | None = None):
+                 components: dict | None = None, embeddings: dict | None = None):
         self.module = transformer
         self.text_encoders, self.tokenizers = [clip_encoder, t5_encoder], [clip_tokenizer, t5_tokenizer]
         self.max_sequence_length = int(max_sequence_length)
@@ -61,10 +61,11 @@ class FluxTransformer(PromptConditionedModel):
         self.latent_size = 2 * (int(resolution) // (scale * 2))
         self.embedded_guidance = float(embedded_guidance) if transformer.config.guidance_embeds else None
         self._ids: dict = {}
-        self._init_prompts(prompts)
+        self._init_prompts(prompts, embeddings)
 
     @torch.no_grad()
     def encode(self, prompts):
+        self._require_encoders()
         clip_encoder, t5_encoder = self.text_encoders
         clip_tokenizer, t5_tokenizer = self.tokenizers
         pooled = clip_encoder(self._tokens(clip_tokenizer, prompts).to(self._device_of(clip_encoder)),

@@ -24,17 +24,18 @@ class TextConditionalUNet(PromptConditionedModel):
     subfolder = "unet"
     default_guidance = 7.5
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, prompts: Sequence[str],
-                 components: dict | None = None):
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, tokenizer, prompts: Sequence[str],
+                 components: dict | None = None, embeddings: dict | None = None):
         self.module = unet
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.tokenizers, self.text_encoders = [tokenizer], [text_encoder]
         self.components = dict(components or {})
-        self._init_prompts(prompts)
+        self._init_prompts(prompts, embeddings)
 
     @torch.no_grad()
     def encode(self, prompts):
+        self._require_encoders()
         ids = self._tokens(self.tokenizer, prompts).to(self._device_of(self.text_encoder))
         return {"encoder_hidden_states": self.text_encoder(ids)[0].float().cpu()}
 

@@ -29,17 +29,19 @@ class SD3Transformer(PromptConditionedModel):
 
     def __init__(self, transformer: nn.Module, clip_encoders: Sequence[nn.Module], clip_tokenizers: Sequence,
                  t5_encoder: nn.Module | None, t5_tokenizer, prompts, *, resolution: int,
-                 max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH, components: dict | None = None):
+                 max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH, components: dict | None = None,
+                 embeddings: dict | None = None):
         self.module = transformer
         self.text_encoders = [*clip_encoders, t5_encoder]
         self.tokenizers = [*clip_tokenizers, t5_tokenizer]
         self.max_sequence_length = int(max_sequence_length)
         self.components = dict(components or {})
         self.latent_size = int(resolution) // vae_scale_factor(self.components.get("vae"))
-        self._init_prompts(prompts)
+        self._init_prompts(prompts, embeddings)
 
     @torch.no_grad()
     def encode(self, prompts):
+        self._require_encoders()
         hidden, pooled = [], []
         for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2]):
             out = encoder(self._tokens(tokenizer, prompts).to(self._device_of(encoder)), output_hidden_states=True)

@@ -29,7 +29,8 @@ class SDXLUNet(PromptConditionedModel):
     default_guidance = 5.0
 
     def __init__(self, unet: nn.Module, text_encoders: Sequence[nn.Module], tokenizers: Sequence, prompts,
-                 *, resolution: int, force_zeros_for_empty_prompt: bool = True, components: dict | None = None):
+                 *, resolution: int, force_zeros_for_empty_prompt: bool = True, components: dict | None = None,
+                 embeddings: dict | None = None):
         self.module = unet
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.force_zeros = force_zeros_for_empty_prompt
@@ -39,14 +40,17 @@ class SDXLUNet(PromptConditionedModel):
         self._time_ids = torch.tensor([[self.resolution, self.resolution, 0, 0, self.resolution, self.resolution]],
                                       dtype=torch.float32)
         expected = unet.add_embedding.linear_1.in_features
-        got = unet.config.addition_time_embed_dim * 6 + self.text_encoders[-1].config.projection_dim
+        pooled = embeddings["text_embeds"].shape[-1] if embeddings is not None else \
+            self.text_encoders[-1].config.projection_dim
+        got = unet.config.addition_time_embed_dim * 6 + pooled
         if expected != got:
             raise ModelFolderError(f"model_path: the SDXL UNet expects an added embedding of {expected} features, "
                                    f"its text_encoder_2 and time ids give {got}")
-        self._init_prompts(prompts)
+        self._init_prompts(prompts, embeddings)
 
     @torch.no_grad()
     def encode(self, prompts):
+        self._require_encoders()
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
             ids = self._tokens(tokenizer, prompts).to(self._device_of(encoder))
