@@ -21,6 +21,8 @@ REQUIRED = {
     ),
     "classifier": ("classifier.safetensors", "classifier_config.json"),
     "detector": ("detector.safetensors", "detector_config.json"),
+    "shapes_classifier": ("shapes_classifier.safetensors", "shapes_classifier_config.json"),
+    "shapes_detector": ("shapes_detector.safetensors", "shapes_detector_config.json"),
 }
 
 

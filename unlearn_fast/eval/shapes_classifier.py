@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..asset_files import ASSETS_DIR
+from ..asset_files import ASSETS_DIR, require_embedded
 from ..data.shapes import NUM_OBJECTS, NUM_STYLES, SHAPES_IMAGE_SIZE
 
 SHAPES_CLASSIFIER_WEIGHTS_FILE = os.path.join(ASSETS_DIR, "shapes_classifier.safetensors")
@@ -109,6 +109,9 @@ def load_shapes_classifier(
     from .classifier import build_from_files
 
     weights = weights or SHAPES_CLASSIFIER_WEIGHTS_FILE
+    shipped = {SHAPES_CLASSIFIER_WEIGHTS_FILE: "shapes_classifier", SHAPES_DETECTOR_WEIGHTS_FILE: "shapes_detector"}
+    if weights in shipped:
+        require_embedded(shipped[weights])  # a missing shipped file: one clear error naming it
     config = config or os.path.splitext(weights)[0] + "_config.json"
     return build_from_files(ShapesClassifier, weights, config, device, script="scripts/train_shapes_classifier.py")
 
