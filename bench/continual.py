@@ -8,8 +8,9 @@ to ``--results`` (default ``bench/results/continual``); the per-request models g
     python bench/continual.py --sequence 3,8,5,1,9 --methods lacu,naive --threads 1
 
 Settings: 100 optimizer steps per request at batch 32 (RU at ``continual.NAIVE_RU`` for
-``naive``/``l2``/``simultaneous``; LACU at ``continual.LacuSettings``), evaluation with 50
-samples per class, DDIM 20 steps, no guidance (``--per-class``, ``--eval-steps``). About 2
+``naive``/``l2``/``simultaneous``; LACU at ``continual.LacuSettings``, its duals at
+``continual.ConstrainedSettings`` for ``constrained``), evaluation with 100 samples per class
+(the reports of 2026-11-24 used 50), DDIM 20 steps, no guidance (``--per-class``, ``--eval-steps``). About 2
 minutes per request and method on one CPU core.
 """
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sequence", default="3,8,5,1,9", help="classes to erase, in order")
     parser.add_argument("--methods", default="lacu,naive", help=f"some of {', '.join(CONTINUAL_METHODS)}")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per request")
-    parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class")
+    parser.add_argument("--per-class", type=int, default=100, help="evaluation samples per class")
     parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target-check", default=LacuSettings.target_check, choices=["none", "detector"],

@@ -26,7 +26,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from unlearn_fast.continual import ContinualSettings, LacuSettings, load_report, train_lacu_request  # noqa: E402
+from unlearn_fast.continual import ContinualSettings, LacuSettings, load_report, train_request  # noqa: E402
+from unlearn_fast.continual.strategies import Lacu, SequenceContext  # noqa: E402
 from unlearn_fast.eval.metrics import EvalSettings, embedded_evaluator  # noqa: E402
 from unlearn_fast.models_zoo import load_embedded  # noqa: E402
 
@@ -76,10 +77,14 @@ def main(argv=None) -> int:
     remapped = {int(e): t for e, t in last["remapped"].items()}
     name = "_".join(f"{k}-{v}" for k, v in changes.items()) or "as-reported"
     start = time.perf_counter()
-    result, seconds, _ = train_lacu_request(
-        settings, prev["model_dir"], last["request"], os.path.join(args.out, f"{name}_s{settings.steps}"),
-        target=last["target"], replayed=last["replayed"], erased=last["erased"][:-1], remapped=remapped,
-        seed=settings.seed + last["step"] - 1)
+    strategy = Lacu(settings)  # the report's target and remapping, the changed settings
+    strategy.target_of = {**remapped, last["request"]: last["target"]}
+    ctx = SequenceContext(settings, None, None, None, args.out, erased=last["erased"][:-1], path=prev["model_dir"])
+    result, seconds, _ = train_request(
+        settings, strategy.method, prev["model_dir"], [last["request"]],
+        os.path.join(args.out, f"{name}_s{settings.steps}"), steps=settings.steps, retain=last["replayed"],
+        method_kwargs=strategy.method_kwargs(last["request"], list(remapped)), l2_anchor=lacu.lam_reg, lr=lacu.lr,
+        seed=settings.seed + last["step"] - 1, overrides=strategy.overrides(ctx))
 
     _, scheduler = load_embedded("class")
     erased = last["erased"]

@@ -14,7 +14,7 @@ import torch
 from unlearn_fast.cli import SUBCOMMANDS, main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig
 from unlearn_fast.continual import (
-    ContinualSettings, LacuSettings, ScoreDistance, TargetConfusion, markdown_table, run_continual, select_replay,
+    ConstrainedSettings, ContinualSettings, LacuSettings, ScoreDistance, TargetConfusion, markdown_table, run_continual, select_replay,
     select_target,
 )
 from unlearn_fast.engine import UnlearningObjective
@@ -158,7 +158,7 @@ class ByClassDetector(torch.nn.Module):
 
 
 def test_target_confusion_is_the_detectors_share_of_forget_labels(scheduler, monkeypatch):
-    import unlearn_fast.continual as continual
+    import unlearn_fast.continual.distance as continual
 
     calls = []
 
@@ -283,6 +283,84 @@ def test_lacu_loss_and_gradient_equal_the_formula(scheduler, lam_unl, lam_pres, 
         assert len(mapped) == 3 + 2 + remap  # one of the three 3-samples and one of the two 2-samples
 
 
+def _clacu_batch():
+    # forget 0 -> 3; replay 2, 3; earlier erasures 4 and 5 (both -> 2) replayed
+    conds = [0, 0, 2, 3, 4, 4, 5, 2, 4]
+    roles = [FORGET] * 2 + [RETAIN] * 7
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.randn(len(conds), *SHAPE, generator=g, dtype=DT), torch.tensor(conds), torch.tensor(roles))
+
+
+def _clacu_loss(scheduler, method_cls, **kw):
+    method = method_cls([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                        lam_unl=1.0, lam_pres=2.0, **kw)
+    objective = UnlearningObjective(TinyModel(1), scheduler, method, teacher=TinyModel(2, frozen=True),
+                                    weighting="simple")
+    loss, _ = objective.loss(_clacu_batch(), torch.Generator().manual_seed(3))
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_constrained_lacu_weights_each_earlier_erasure_by_its_dual(scheduler, eta):
+    from unlearn_fast.methods import ConstrainedLACU
+
+    lacu = _clacu_loss(scheduler, LocalityAwareContinualUnlearning, eta=eta)
+    at = lambda a, b: _clacu_loss(scheduler, ConstrainedLACU, eta=eta, bounds=[1.0, 1.0], init_lambdas=[a, b])
+    assert at(1.0, 1.0) == pytest.approx(lacu, rel=1e-6)  # duals at lam_unl: LACU's loss
+    # the loss is linear in each dual: lambda_4 = 3 adds twice what lambda_4 = 1 adds over 0
+    assert at(3.0, 1.0) - at(1.0, 1.0) == pytest.approx(2 * (at(1.0, 1.0) - at(0.0, 1.0)), rel=1e-5)
+    assert at(0.0, 1.0) < at(1.0, 1.0) and at(1.0, 0.0) < at(1.0, 1.0)
+
+
+def _clacu_update(method, values_by_cond):
+    batch = _clacu_batch()
+    w = torch.ones(len(batch))
+    recipe = method.recipe(batch, w)
+    m = torch.tensor([values_by_cond.get(int(c), 0.0) for c in recipe.student_cond])
+    dist = m[:, None].expand(len(batch), recipe.coeffs.shape[1])
+    method.update(batch, recipe, dist, w)
+
+
+def test_constrained_lacu_duals_rise_on_violation_and_fall_when_satisfied():
+    from unlearn_fast.methods import ConstrainedLACU
+
+    method = ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                             bounds=[1.0, 2.0], dual_lr=0.5, ema=1.0, init_lambdas=1.0, calibration_steps=1)
+    _clacu_update(method, {4: 3.0, 5: 0.4, 0: 0.7})  # 4: m = 3 > bound 1; 5: m = 0.4 < bound 2
+    lam = method.duals.lambdas
+    assert float(lam[0]) == pytest.approx(1.0 + 0.5 * (3.0 / 1.0 - 1))
+    assert float(lam[1]) == pytest.approx(1.0 + 0.5 * (0.4 / 2.0 - 1))
+    m = method.metrics()
+    assert m["clacu/constraint[4]"] == pytest.approx(3.0) and m["clacu/bound[5]"] == 2.0
+    assert m["clacu/mapping[0]"] == pytest.approx(0.7)  # this request's own forget rows
+    for _ in range(10):
+        _clacu_update(method, {4: 0.1, 5: 0.1})
+    assert float(method.duals.lambdas[1]) == 0.0 and 0 <= float(method.duals.lambdas[0]) < 2.0  # projected at 0
+
+
+def test_constrained_lacu_calibrates_unknown_bounds_then_keeps_them():
+    from unlearn_fast.methods import ConstrainedLACU
+
+    method = ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                             bounds=[None, 5.0], bound_factor=1.5, calibration_steps=2, dual_lr=0.5, ema=1.0,
+                             init_lambdas=[2.0, 2.0])
+    _clacu_update(method, {4: 1.0, 5: 10.0})
+    _clacu_update(method, {4: 3.0, 5: 10.0})
+    assert float(method.bounds[0]) == pytest.approx(1.5 * 2.0)  # bound_factor x the calibration mean
+    assert float(method.bounds[1]) == 5.0  # a known bound is kept
+    assert float(method.duals.lambdas[0]) == 2.0  # no dual step while its bound was unknown
+    assert float(method.duals.lambdas[1]) == pytest.approx(2.0 + 2 * 0.5 * (10.0 / 5.0 - 1))
+    state = method.state_dict()
+    again = ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2])
+    again.load_state_dict(state)
+    assert torch.equal(again.bounds, method.bounds) and torch.equal(again.duals.lambdas, method.duals.lambdas)
+    assert again.steps_seen == 2
+    with pytest.raises(ValueError, match="bounds: expected one bound"):
+        ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4], remapped_targets=[2], bounds=[1, 2])
+    with pytest.raises(ValueError, match="init_lambdas: expected a float >= 0"):
+        ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4], remapped_targets=[2], init_lambdas=-1)
+
+
 def test_lacu_is_registered_and_checks_its_arguments():
     assert METHODS["lacu"] is LocalityAwareContinualUnlearning
     with pytest.raises(ValueError, match="one mapping target per forget"):
@@ -355,15 +433,16 @@ def tiny_evaluator(scheduler) -> ClassEvaluator:
 
 
 def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir, scheduler):
-    settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "naive", "simultaneous"], model_path=class_dir,
+    settings = ContinualSettings(sequence=[3, 8], methods=["lacu", "constrained", "naive", "simultaneous"],
+                                 model_path=class_dir,
                                  steps=2, batch_size=4, out=str(tmp_path / "out"),
                                  lacu=LacuSettings(draws=4, replay=2, pool_size=2, target_check="detector",
                                                    check_samples=4))
     detector = DigitClassifier(image_size=8).eval()
     report = run_continual(settings, evaluator=tiny_evaluator(scheduler), log=lambda line: None, detector=detector)
     on_disk = json.load(open(tmp_path / "out" / "report.json"))
-    assert on_disk["sequence"] == [3, 8] and set(on_disk["methods"]) == {"lacu", "naive", "simultaneous"}
-    for method in ("lacu", "naive"):
+    assert on_disk["sequence"] == [3, 8] and set(on_disk["methods"]) == {"lacu", "constrained", "naive", "simultaneous"}
+    for method in ("lacu", "constrained", "naive"):
         steps = on_disk["methods"][method]["steps"]
         assert [s["step"] for s in steps] == [1, 2]
         assert [s["erased"] for s in steps] == [[3], [3, 8]]
@@ -384,6 +463,12 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
     assert cfg["model_path"] == lacu[0]["model_dir"] and cfg["l2_anchor"] == settings.lacu.lam_reg
     assert [s["step"] for s in on_disk["methods"]["simultaneous"]["steps"]] == [2]
+    constrained = on_disk["methods"]["constrained"]["steps"]
+    assert constrained[1]["train"]["method"] == "clacu" and constrained[1]["remapped"] == {"3": constrained[1]["remapped"]["3"]}
+    duals = constrained[1]["duals"]  # per logged step: the dual and constraint of the earlier erasure 3
+    assert duals["step"] == [1, 2] and len(duals["clacu/lambda[3]"]) == 2
+    assert constrained[1]["bounds"]["3"] > 0  # calibrated in the request after its erasure
+    assert "clacu/lambda[3]" not in constrained[0]["duals"]  # nothing erased before the first request
     assert on_disk["settings"]["eval"]["per_class"] == 2
     assert (tmp_path / "out" / "continual.png").stat().st_size > 0
     table = (tmp_path / "out" / "table.md").read_text()
@@ -415,16 +500,22 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
 
 
 def test_continual_settings_check_model_and_erased_data():
-    with pytest.raises(ValueError, match=r"model: expected one of \('class', 'text'\), got 'video'"):
+    with pytest.raises(ValueError, match=r"^model: expected one of 'class', 'text', got str \('video'\)"):
         ContinualSettings(model="video")
-    with pytest.raises(ValueError, match="erased_data: expected 'mnist' or 'pool'"):
+    with pytest.raises(ValueError, match=r"^lacu.erased_data: expected one of 'mnist', 'pool'"):
         ContinualSettings(lacu=LacuSettings(erased_data="real"))
-    with pytest.raises(ValueError, match="target_check: expected 'detector' or 'none'"):
+    with pytest.raises(ValueError, match=r"^lacu.target_check: expected one of 'detector', 'none'"):
         ContinualSettings(lacu=LacuSettings(target_check="oracle"))
-    with pytest.raises(ValueError, match=r"max_confusion: expected a share in \[0, 1\], got 5"):
+    with pytest.raises(ValueError, match=r"^lacu.max_confusion: expected a share in \[0, 1\], got 5"):
         ContinualSettings(lacu=LacuSettings(max_confusion=5))
-    with pytest.raises(ValueError, match="checked, check_samples: expected ints >= 1"):
+    with pytest.raises(ValueError, match=r"^lacu.check_samples: expected an int >= 1"):
         ContinualSettings(lacu=LacuSettings(check_samples=0))
+    with pytest.raises(ValueError, match=r"^constrained.ema: expected a weight in \(0, 1\]"):
+        ContinualSettings(constrained=ConstrainedSettings(ema=0))
+    with pytest.raises(ValueError, match=r"^eval.per_class: expected an int >= 1"):
+        EvalSettings(per_class=0)
+    with pytest.raises(ValueError, match=r"^steps: expected int, got str"):
+        ContinualSettings(steps="many")
 
 
 def test_cli_has_the_continual_command(capsys):
@@ -434,9 +525,13 @@ def test_cli_has_the_continual_command(capsys):
     assert err.value.code == 2
     assert "method: expected some of" in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
-        cli_main(["continual", "--sequence", "3,8", "--max-confusion", "-0.1", "--out", "unused"])
+        cli_main(["continual", "--sequence", "3,8", "--lacu-max-confusion", "-0.1", "--out", "unused"])
     assert err.value.code == 2
-    assert "max_confusion: expected a share in [0, 1]" in capsys.readouterr().err
+    assert "lacu.max_confusion: expected a share in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        cli_main(["continual", "--sequence", "3,x", "--out", "unused"])
+    assert err.value.code == 2
+    assert "--sequence: expected class ids separated by commas" in capsys.readouterr().err
 
 
 def test_last_request_probe_checks_its_arguments(tmp_path):

@@ -99,7 +99,7 @@ def test_empty_forget_set_in_config_and_config_file(tmp_path):
 
 
 #: constructor arguments without a default that the trainer does not inject (from method_kwargs)
-METHOD_REQUIRED_ARGS = {"lacu": {"targets": [5]}}
+METHOD_REQUIRED_ARGS = {"lacu": {"targets": [5]}, "clacu": {"targets": [5]}}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

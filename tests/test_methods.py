@@ -287,7 +287,7 @@ def test_neggrad_and_finetune(scheduler, alpha):
 
 def test_every_registered_method_is_covered():
     # lacu's formula is checked in tests/test_continual.py
-    assert set(METHODS) == {"ru", "fu", "lu", "esd", "ablation", "neggrad", "finetune", "lacu"}
+    assert set(METHODS) == {"ru", "fu", "lu", "esd", "ablation", "neggrad", "finetune", "lacu", "clacu"}
 
 
 # --- dual variables ----------------------------------------------------------------------------

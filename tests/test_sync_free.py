@@ -22,6 +22,7 @@ from unlearn_fast.methods import (
     ESD, FORGET, Batch, ConceptAblation, Finetune, ForwardKLUnlearning, LikelihoodUnlearning, NegGrad, ReverseKLUnlearning,
 )
 from unlearn_fast.methods import base
+from unlearn_fast.methods.clacu import ConstrainedLACU
 from unlearn_fast.methods.lacu import LocalityAwareContinualUnlearning
 from unlearn_fast.training import SampleSource
 
@@ -63,6 +64,8 @@ METHODS = {
     "lacu": lambda: LocalityAwareContinualUnlearning([0, 1], num_conditions=N_COND, targets=[3, 2]),
     "lacu-eta": lambda: LocalityAwareContinualUnlearning([0, 1], num_conditions=N_COND, targets=[3, 2], eta=0.5,
                                                          target_share=0.5),
+    "clacu": lambda: ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[1], remapped_targets=[2],
+                                     eta=0.5, target_share=0.5, calibration_steps=1),
 }
 
 

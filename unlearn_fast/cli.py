@@ -17,14 +17,13 @@ Subcommands live in ``SUBCOMMANDS``: name -> (add_arguments(parser), run(args) -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import typing
-from typing import Callable, Literal, Union
+from typing import Callable
 
 from .asset_files import MissingAssetError
 from .config import ConfigError, TrainConfig, load_train_config
+from .flags import add_dataclass_arguments, dataclass_overrides, flag, split_list
 
 # --- train -----------------------------------------------------------------------------------
 
@@ -39,50 +38,6 @@ _HELP = {
     "resume": "'latest' or a checkpoint folder",
     "seed": "random seed",
 }
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _strip_optional(tp):
-    if typing.get_origin(tp) is Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return (args[0] if len(args) == 1 else Union[tuple(args)]), True
-    return tp, False
-
-
-def _scalar_parser(tp, optional: bool) -> Callable[[str], object]:
-    """A string -> value converter for one scalar type (the config validates the result)."""
-
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        if tp is int:
-            try:
-                return int(text)
-            except ValueError:
-                return text  # the config names the key and the expected type
-        if tp is float:
-            try:
-                return float(text)
-            except ValueError:
-                return text
-        if typing.get_origin(tp) is Union:  # str | int: ints stay ints
-            try:
-                return int(text)
-            except ValueError:
-                return text
-        return text
-
-    return parse
-
-
-def _split_list(values: list[str]) -> list[str]:
-    out = []
-    for v in values:
-        out.extend(p.strip() for p in v.split(",") if p.strip())
-    return out
 
 
 def read_prompt_list(values: list[str], key: str) -> list[str]:
@@ -101,7 +56,7 @@ def read_prompt_list(values: list[str], key: str) -> list[str]:
                 raise ConfigError(f"{key}: the prompt file {path!r} has no prompts")
             out.extend(prompts)
         else:
-            out.extend(_split_list([v]))
+            out.extend(split_list([v]))
     return out
 
 
@@ -121,42 +76,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a .toml or .yaml file of TrainConfig keys")
     parser.add_argument("--method-kwarg", action="append", default=[], metavar="KEY=VALUE",
                         help="one entry of method_kwargs (repeatable), e.g. bound=0.05")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "method_kwargs":
-            continue
-        tp, optional = _strip_optional(hints[f.name])
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=_HELP.get(f.name))
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-        elif origin is list:
-            parser.add_argument(_flag(f.name), nargs="+", metavar=f.name.upper(), **kwargs)
-        elif origin is Literal:
-            choices = list(typing.get_args(tp)) + (["none"] if optional else [])
-            parser.add_argument(_flag(f.name), choices=choices, **kwargs)
-        else:
-            parser.add_argument(_flag(f.name), type=_scalar_parser(tp, optional), metavar=f.name.upper(), **kwargs)
+    add_dataclass_arguments(parser, TrainConfig, skip=("method_kwargs",), help=_HELP)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    hints = typing.get_type_hints(TrainConfig)
-    overrides = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "method_kwargs" or not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        tp, optional = _strip_optional(hints[f.name])
-        if typing.get_origin(tp) is list:
-            (item,) = typing.get_args(tp)
-            parse = _scalar_parser(item, False)
-            if f.name in ("forget", "retain"):  # condition names: keep ids as written ("3"); @FILE
-                value = read_prompt_list(value, _flag(f.name))
-            else:
-                value = [parse(v) for v in _split_list(value)]
-        elif value == "none" and optional:
-            value = None
-        overrides[f.name] = value
+    # condition names: keep ids as written ("3"); @FILE reads a prompt list
+    prompts = {key: (lambda values, key=key: read_prompt_list(values, flag(key))) for key in ("forget", "retain")}
+    overrides = dataclass_overrides(args, TrainConfig, skip=("method_kwargs",), list_parsers=prompts)
     kw = {}
     for item in args.method_kwarg:
         if "=" not in item:
@@ -221,57 +147,25 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
-    from .continual import CONTINUAL_METHODS
+    from .continual import ContinualSettings
 
-    parser.add_argument("--sequence", required=True, help="the requests, in order: classes to erase (e.g. 3,8,5,1,9)")
-    parser.add_argument("--method", default="lacu",
-                        help=f"one or several of {', '.join(CONTINUAL_METHODS)}, comma separated (default: lacu)")
-    parser.add_argument("--model", default="class", choices=["class", "text"],
-                        help="the embedded model: class (default) or text (each request erases the digit's prompt)")
-    parser.add_argument("--model-path", default=None,
-                        help="a model folder of that kind (default: the embedded one)")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per request (default: 100)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--per-class", type=int, default=50, help="evaluation samples per class (default: 50)")
-    parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation sampler")
-    parser.add_argument("--lam-unl", type=float, default=None, help="LACU: weight of the mapping term")
-    parser.add_argument("--lam-pres", type=float, default=None, help="LACU: weight of the replay term (default 8)")
-    parser.add_argument("--lam-reg", type=float, default=None, help="LACU (and l2): weight of the L2 anchor")
-    parser.add_argument("--replay", type=int, default=None, help="LACU: nearest retained classes replayed")
-    parser.add_argument("--eta", type=float, default=None, help="LACU: push-away weight of the mapping (0: plain)")
-    parser.add_argument("--target-check", default=None, choices=["detector", "none"],
-                        help="LACU: skip a near mapping target whose own samples the concept detector reads as "
-                             "the forgotten class (detector, default) or take the nearest admissible one (none)")
-    parser.add_argument("--max-confusion", type=float, default=None,
-                        help="LACU: the detector's largest share of a target's samples read as the forgotten class "
-                             "(default 0.025)")
-    parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
-    parser.add_argument("--out", default="continual_out", help="folder for the runs, table.md and continual.png")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_dataclass_arguments(parser, ContinualSettings, skip=("sampler",), names={"methods": "method"})
 
 
 def run_continual_command(args: argparse.Namespace) -> int:
-    from .continual import ContinualSettings, LacuSettings, run_continual
-    from .eval.metrics import EvalSettings
+    from .continual import ContinualSettings, markdown_table, run_continual
+    from .flags import build_dataclass
     from .training import TrainingInterrupted
 
+    def sequence(values):
+        try:
+            return [int(c) for c in split_list(values)]
+        except ValueError:
+            raise ConfigError(f"--sequence: expected class ids separated by commas, got {' '.join(values)!r}") from None
+
+    overrides = dataclass_overrides(args, ContinualSettings, skip=("sampler",), list_parsers={"sequence": sequence})
     try:
-        sequence = [int(c) for c in _split_list([args.sequence])]
-    except ValueError:
-        raise ConfigError(f"--sequence: expected class ids separated by commas, got {args.sequence!r}") from None
-    lacu = LacuSettings()
-    for key in ("lam_unl", "lam_pres", "lam_reg", "replay", "eta", "target_check", "max_confusion"):
-        if getattr(args, key) is not None:
-            setattr(lacu, key, getattr(args, key))
-    try:
-        settings = ContinualSettings(
-            sequence=sequence, methods=_split_list([args.method]), model=args.model, model_path=args.model_path,
-            steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, report=args.report,
-            eval=EvalSettings(per_class=args.per_class, steps=args.eval_steps, guidance=1.0), lacu=lacu,
-            threads=args.threads)
+        settings = build_dataclass(ContinualSettings, overrides)
         report = run_continual(settings)
     except TrainingInterrupted as e:
         print(f"unlearn-fast continual: {e.args[0].split('; resume with')[0]}; run the same command again to "
@@ -280,8 +174,6 @@ def run_continual_command(args: argparse.Namespace) -> int:
         return 128 + e.signum
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
-    from .continual import markdown_table
-
     print()
     print(markdown_table(report))
     print(f"\nreport: {settings.report or settings.out + '/report.json'}\ntable:  {settings.out}/table.md\n"
@@ -310,7 +202,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
     "train": (add_train_arguments, run_train, "run an unlearning method (TrainConfig from --config and flags)"),
     "demo": (add_demo_arguments, run_demo_command, "unlearn a digit from the embedded model, evaluate before/after"),
     "continual": (add_continual_arguments, run_continual_command,
-                  "a sequence of unlearning requests (lacu, naive, l2, simultaneous), evaluated after each"),
+                  "a sequence of unlearning requests (lacu, constrained, naive, l2, simultaneous), evaluated after each"),
     "sample": (*_lazy(".sample_grid", "add_sample_arguments", "run_sample_command"),
                "a PNG grid of a model's samples, one row per prompt (--compare: a second model side by side)"),
     "eval": (*_lazy(".eval.command", "add_eval_arguments", "run_eval_command"),

@@ -32,7 +32,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["ConfigError", "TrainConfig", "load_config_file", "load_train_config", "INJECTED_METHOD_ARGS"]
+__all__ = ["ConfigError", "TrainConfig", "check_field_types", "load_config_file", "load_train_config", "INJECTED_METHOD_ARGS"]
 
 
 class ConfigError(ValueError):
@@ -170,9 +170,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _check(f.name, getattr(self, f.name), hints[f.name]))
+        check_field_types(self)
         self._check_values()
 
     # --- value checks (types are checked generically above) ----------------------------
@@ -314,6 +312,18 @@ def _check(name: str, value, tp):
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise ConfigError(f"{name}: expected {_type_name(tp)}, got {type(value).__name__} ({shown})")
     return out
+
+
+def check_field_types(settings, prefix: str = "") -> None:
+    """Check (and convert: ints to floats, tuples to lists) every field of the dataclass
+    ``settings`` against its annotation; ``ConfigError`` names the key (``prefix`` + name).
+    Nested dataclass fields are left to their own ``__post_init__``."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            continue
+        object.__setattr__(settings, f.name, _check(prefix + f.name, value, hints[f.name]))
 
 
 def _check_method_kwargs(method: str, cls, kwargs: dict) -> None:

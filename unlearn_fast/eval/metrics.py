@@ -26,7 +26,7 @@ Every number depends on these settings, so every report carries them (``settings
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
@@ -39,13 +39,24 @@ from ..sampling import sample
 
 @dataclass
 class EvalSettings:
-    per_class: int = 20
-    steps: int = 20
-    guidance: float = 1.0  # the embedded model samples best without guidance (see assets/README.md)
+    per_class: int = field(default=20, metadata={"help": "evaluation samples per class (concept)"})
+    steps: int = field(default=20, metadata={"help": "DDIM steps of the evaluation sampler"})
+    # the embedded model samples best without guidance (see assets/README.md)
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance of the evaluation sampler"})
     sampler: str = "DDIM (eta=0), classifier-free guidance scale `guidance` (1 = none)"
-    seed: int = 1234
-    kl_draws: int = 16  # (x_0, t, noise) draws per retained class for kl_to_original
-    neighbors: int = 2
+    seed: int = field(default=1234, metadata={"help": "seed of the evaluation samples"})
+    kl_draws: int = field(default=16, metadata={"help": "(x_0, t, noise) draws per retained class of kl_to_original"})
+    neighbors: int = field(default=2, metadata={"help": "nearest retained classes per forgotten one (neighbor_acc)"})
+
+    def __post_init__(self):
+        from ..config import ConfigError, check_field_types
+
+        check_field_types(self, "eval.")
+        for name in ("per_class", "steps", "kl_draws"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name}: expected an int >= 1, got {getattr(self, name)}")
+        if self.neighbors < 0:
+            raise ConfigError(f"eval.neighbors: expected an int >= 0, got {self.neighbors}")
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -2,6 +2,7 @@
 
 from .base import FORGET, NOISE, RETAIN, Batch, Method, Recipe
 from .baselines import ESD, ConceptAblation, Finetune, NegGrad
+from .clacu import ConstrainedLACU
 from .fu import ForwardKLUnlearning
 from .lacu import LocalityAwareContinualUnlearning
 from .lu import LikelihoodUnlearning
@@ -16,7 +17,8 @@ METHODS = {
     "neggrad": NegGrad,
     "finetune": Finetune,
     "lacu": LocalityAwareContinualUnlearning,
+    "clacu": ConstrainedLACU,
 }
 
-__all__ = ["FORGET", "NOISE", "RETAIN", "Batch", "Method", "Recipe", "METHODS", "ESD", "ConceptAblation",
+__all__ = ["FORGET", "NOISE", "RETAIN", "Batch", "Method", "Recipe", "METHODS", "ESD", "ConceptAblation", "ConstrainedLACU",
            "Finetune", "NegGrad", "ForwardKLUnlearning", "LikelihoodUnlearning", "ReverseKLUnlearning"]

@@ -138,7 +138,7 @@ class LocalityAwareContinualUnlearning(Method):
             student = torch.where(cross, source, batch.cond)  # the forget condition, on the target's x_t
             mapping = mapping | cross
         role = torch.where(mapping, torch.full_like(batch.role, FORGET), torch.full_like(batch.role, RETAIN))
-        weights = per_role_mean(torch.where(mapping, self.lam_unl * w, self.lam_pres * w), role)
+        weights = per_role_mean(torch.where(mapping, self.mapping_weight(student, w), self.lam_pres * w), role)
         if self.eta == 0:
             coeffs = constant([[1.0, -1.0]], w.device, w.dtype).expand(len(batch), 1, 2)
             return Recipe(student, slot[:, None], coeffs, weights[:, None], role_rows(batch, "all"))
@@ -148,6 +148,10 @@ class LocalityAwareContinualUnlearning(Method):
         coeffs = torch.stack([torch.ones_like(w), -(1 + a), a], -1)[:, None]  # r = eps_theta - target
         # slot 2's rows depend on the mapping (replay samples too), not on the role alone: every row
         return Recipe(student, torch.stack([slot, slot2], 1), coeffs, weights[:, None], role_rows(batch, "all", "all"))
+
+    def mapping_weight(self, student: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight of a mapping row (student condition ``student``): ``lam_unl * w``."""
+        return self.lam_unl * w
 
     def metrics(self) -> dict[str, float]:
         return {f"lacu/target[{f}]": float(t) for f, t in zip(self.forget + self.remapped,
