@@ -1,0 +1,97 @@
+"""The shapes evaluator: concepts, sample counts, how UA / IRA / CRA read per-combination
+accuracies, and one evaluation of a small random model end to end."""
+
+import pytest
+import torch
+
+from unlearn_fast.data.shapes import NUM_STYLES, OBJECTS, STYLES, SHAPES_IMAGE_SIZE, load_split, prompt
+from unlearn_fast.eval.shapes_classifier import ShapesClassifier
+from unlearn_fast.eval.shapes_metrics import COMBOS, ShapeConcept, ShapesEvalSettings, ShapesEvaluator, parse_concept
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_parse_concept_reads_objects_styles_and_combinations():
+    assert parse_concept("star") == ShapeConcept("object", OBJECTS.index("star"), None)
+    assert parse_concept("Striped") == ShapeConcept("style", None, STYLES.index("striped"))
+    assert parse_concept("a hollow star") == parse_concept("hollow star") == ShapeConcept("combo", 3, 1)
+    assert parse_concept("hollow star").name == "hollow star"
+    assert parse_concept("star").prompts()[-1] == prompt("star") and len(parse_concept("star").prompts()) == 7
+    assert len(parse_concept("dotted").prompts()) == 9 and parse_concept("hollow star").prompts() == [prompt(3, 1)]
+    for bad in ("dog", "star circle", "", "striped dotted"):
+        with pytest.raises(ValueError, match="forget: expected an object"):
+            parse_concept(bad)
+
+
+def test_counts_give_the_erased_concept_at_least_min_concept_samples():
+    ev = ShapesEvaluator.__new__(ShapesEvaluator)
+    ev.settings = ShapesEvalSettings(per_combo=4, min_concept=100)
+    for text, n_mine in (("star", 6), ("striped", 8), ("hollow star", 1)):
+        concept = parse_concept(text)
+        counts = ev.counts(concept)
+        mine = [n for n, c in zip(counts, COMBOS) if concept.contains(*c)]
+        assert len(mine) == n_mine and sum(mine) >= 100 and min(mine) == max(mine)
+        assert all(n == 4 for n, c in zip(counts, COMBOS) if not concept.contains(*c))
+    with pytest.raises(ValueError, match="eval.per_combo: expected an int >= 1"):
+        ShapesEvalSettings(per_combo=0)
+
+
+def _per(object_ok, style_ok):
+    per = {"object": [float(object_ok(o, s)) for o, s in COMBOS], "style": [float(style_ok(o, s)) for o, s in COMBOS]}
+    per["both"] = [a * b for a, b in zip(per["object"], per["style"])]
+    return per
+
+
+def test_scores_read_the_right_combinations():
+    ev = ShapesEvaluator.__new__(ShapesEvaluator)
+    star, striped = OBJECTS.index("star"), STYLES.index("striped")
+    # star erased cleanly: stars no longer drawn, every style still right, the other objects right
+    r = ev._scores(parse_concept("star"), _per(lambda o, s: o != star, lambda o, s: True))
+    assert (r["ua"], r["ira"], r["cra"]) == (1.0, 1.0, 1.0)
+    # erasing the star also broke the style of star prompts: CRA sees it (6 of 48 combinations)
+    r = ev._scores(parse_concept("star"), _per(lambda o, s: o != star, lambda o, s: o != star))
+    assert r["cra"] == pytest.approx(42 / 48) and r["ira"] == 1.0
+    # a style erased that also took the circles away: IRA (styles) intact, CRA (objects) down
+    r = ev._scores(parse_concept("striped"), _per(lambda o, s: o != 0, lambda o, s: s != striped))
+    assert (r["ua"], r["ira"]) == (1.0, 1.0) and r["cra"] == pytest.approx(7 / 8)
+    # a combination: the 12 combinations sharing its object or style are the locality test (ira)
+    hollow = STYLES.index("hollow")
+    r = ev._scores(parse_concept("hollow star"),
+                   _per(lambda o, s: not (o == star and s == hollow) and o != star, lambda o, s: True))
+    assert r["ua"] == 1.0 and r["ira"] == pytest.approx(7 / 12) and r["cra"] == 1.0
+
+
+def test_evaluate_a_small_model_end_to_end():
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unlearn_fast.models import TextConditionalUNet
+    from unlearn_fast.shapes_zoo import build_shapes_scheduler_config, build_shapes_text_config, build_shapes_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_shapes_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(**build_shapes_text_config(tok, hidden_size=16)))
+    unet = UNet2DConditionModel(sample_size=SHAPES_IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+                                block_out_channels=(8, 8), norm_num_groups=4, cross_attention_dim=16,
+                                attention_head_dim=2,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
+    model = TextConditionalUNet(unet, text, tok, [""])
+    other = TextConditionalUNet(UNet2DConditionModel(**unet.config).eval(), text, tok, [""])
+    scheduler = DDPMScheduler(**build_shapes_scheduler_config())
+    images, objects, styles = load_split("heldout")
+    keep = torch.arange(0, len(images), 6)
+    clf = ShapesClassifier(channels=(8, 8, 8), feature_dim=16).eval()
+    settings = ShapesEvalSettings(per_combo=1, min_concept=12, steps=2, kl_draws=1, paraphrase_samples=6)
+    ev = ShapesEvaluator(scheduler, clf, images[keep], objects[keep], styles[keep], settings)
+    concept = parse_concept("striped")
+    r = ev.evaluate(model, concept, original=model)
+    assert r["samples_per_combo"] == ev.counts(concept) and len(r["samples"]) == sum(r["samples_per_combo"])
+    for key in ("ua", "ira", "cra", "fid", "ua_paraphrase", "both_acc"):
+        assert isinstance(r[key], float) and (key == "fid" or 0.0 <= r[key] <= 1.0), key
+    assert r["kl_to_original"] == 0.0  # the model against itself
+    assert ev.evaluate(other, concept, original=model)["kl_to_original"] > 0
+    again = ev.evaluate(model, concept)
+    assert torch.equal(again["samples"], r["samples"])  # a fixed seed: the same samples every time
+    assert len(r["per_combo"]["both"]) == 48 and r["sample_combo"].tolist()[:2] == [0, 1]
+    assert NUM_STYLES == 6

@@ -1,0 +1,248 @@
+"""The shapes-benchmark evaluator: UA, in-domain and cross-domain retain, FID and KL, as UnlearnCanvas scores them.
+
+A concept is an object (``"star"``), a style (``"striped"``) or one combination
+(``"hollow star"``): :func:`parse_concept`. The evaluator samples the canonical prompt of every
+object-style combination (``"a striped star"``; ``per_combo`` samples each, and more for the
+erased concept's combinations so that at least ``min_concept`` samples decide its UA) with a
+fixed seed, sampler and guidance, classifies object and style with the shipped shapes
+classifier, and reports, per-combination accuracies averaged over combinations:
+
+- ``ua``: share of the erased concept's samples that no longer show it (object erased: the
+  object is not read; style: the style is not read; combination: not both);
+- ``ira`` (in-domain retain): accuracy of the concept's own kind on the combinations without
+  it (object erased: object accuracy on the other objects' prompts; style: style accuracy
+  on the other styles'); for a combination, both-right accuracy on the combinations that
+  share its object or its style (``"hollow circle"``, ``"solid star"``: the locality test);
+- ``cra`` (cross-domain retain): accuracy of the other kind on every prompt, the erased
+  concept's included (erasing ``striped`` must still draw a star for "a striped star");
+  for a combination, both-right accuracy on the combinations sharing neither;
+- ``fid``: Frechet distance between classifier features of the samples of the retained
+  combinations and generated held-out images of the same combinations
+  (``data.shapes.load_split("heldout")``);
+- ``kl_to_original``: ``E[T w_t ||eps - eps_orig||^2]`` in nats per sample over fixed draws of
+  held-out images of the retained combinations (as ``metrics.ClassEvaluator``);
+- ``ua_paraphrase``: UA on the held-out paraphrases of the concept's prompts (never trained on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from ..data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, HELDOUT_COMBO_TEMPLATES, heldout_prompt, prompt
+from ..models import ConditionedModel
+from ..ops import fused_eps_loss
+from ..sampling import sample
+from ..schedules import timestep_weights
+from .metrics import frechet_distance
+
+COMBOS = [(o, s) for o in range(NUM_OBJECTS) for s in range(NUM_STYLES)]  # object-major, as the data
+
+
+class ShapeConcept(NamedTuple):
+    """An erasable concept: ``kind`` "object", "style" or "combo"; ids into OBJECTS / STYLES."""
+
+    kind: str
+    object: Optional[int]
+    style: Optional[int]
+
+    @property
+    def name(self) -> str:
+        parts = ([STYLES[self.style]] if self.style is not None else []) + (
+            [OBJECTS[self.object]] if self.object is not None else [])
+        return " ".join(parts)
+
+    def contains(self, o: int, s: int) -> bool:
+        """Whether combination ``(o, s)`` shows the concept."""
+        return (self.object is None or o == self.object) and (self.style is None or s == self.style)
+
+    def combos(self) -> list[tuple[int, int]]:
+        return [c for c in COMBOS if self.contains(*c)]
+
+    def prompts(self) -> list[str]:
+        """The training prompts that name the concept (what an erasure forgets): every
+        combination's canonical prompt that shows it, and the object's or style's own prompt."""
+        out = [prompt(o, s) for o, s in self.combos()]
+        if self.kind == "object":
+            out.append(prompt(self.object))
+        elif self.kind == "style":
+            out.append(prompt(style=self.style))
+        return out
+
+
+def parse_concept(text: str) -> ShapeConcept:
+    """``"star"`` (an object), ``"striped"`` (a style) or ``"hollow star"`` / ``"a hollow star"``
+    (a combination: style then object); ``ValueError`` naming the words it knows otherwise."""
+    words = [w for w in str(text).lower().replace(",", " ").split() if w not in ("a", "an", "the")]
+    objs = [OBJECTS.index(w) for w in words if w in OBJECTS]
+    stys = [STYLES.index(w) for w in words if w in STYLES]
+    unknown = [w for w in words if w not in OBJECTS and w not in STYLES]
+    if unknown or not words or len(objs) > 1 or len(stys) > 1:
+        raise ValueError(f"forget: expected an object ({', '.join(OBJECTS)}), a style ({', '.join(STYLES)}) or "
+                         f"'<style> <object>', got {text!r}")
+    if objs and stys:
+        return ShapeConcept("combo", objs[0], stys[0])
+    return ShapeConcept("object", objs[0], None) if objs else ShapeConcept("style", None, stys[0])
+
+
+@dataclass
+class ShapesEvalSettings:
+    per_combo: int = field(default=4, metadata={"help": "evaluation samples per object-style combination"})
+    min_concept: int = field(default=100, metadata={"help": "samples that decide the erased concept's UA, at least"})
+    steps: int = field(default=20, metadata={"help": "DDIM steps of the evaluation sampler"})
+    guidance: float = field(default=2.0, metadata={"help": "classifier-free guidance of the evaluation sampler"})
+    sampler: str = "DDIM (eta=0), classifier-free guidance scale `guidance`"
+    seed: int = field(default=1234, metadata={"help": "seed of the evaluation samples"})
+    kl_draws: int = field(default=4, metadata={"help": "held-out images per retained combination of kl_to_original"})
+    paraphrase_samples: int = field(default=48, metadata={"help": "samples of the concept's held-out paraphrases "
+                                                                   "(0: no paraphrase UA)"})
+
+    def __post_init__(self):
+        from ..config import ConfigError, check_field_types
+
+        check_field_types(self, "eval.")
+        for name in ("per_combo", "min_concept", "steps", "kl_draws"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name}: expected an int >= 1, got {getattr(self, name)}")
+        if self.paraphrase_samples < 0:
+            raise ConfigError(f"eval.paraphrase_samples: expected an int >= 0, got {self.paraphrase_samples}")
+
+
+class ShapesEvaluator:
+    """Evaluator of a text-conditioned shapes model (prompts from :mod:`unlearn_fast.data.shapes`).
+
+    Args:
+        scheduler: the model's noise scheduler.
+        classifier: a :class:`~unlearn_fast.eval.shapes_classifier.ShapesClassifier` (object and style heads).
+        real_images, real_objects, real_styles: held-out generated images and their labels.
+    """
+
+    def __init__(self, scheduler, classifier, real_images: torch.Tensor, real_objects: torch.Tensor,
+                 real_styles: torch.Tensor, settings: ShapesEvalSettings | None = None):
+        self.scheduler = scheduler
+        self.classifier = classifier.eval()
+        self.settings = settings or ShapesEvalSettings()
+        self.real_images = real_images
+        self.real_combo = real_objects.long() * NUM_STYLES + real_styles.long()
+        with torch.no_grad():
+            self.real_features = self._features(real_images)
+
+    def _device(self):
+        return next(self.classifier.parameters()).device
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier.features(images[i:i + 500].to(self._device())).cpu()
+                          for i in range(0, len(images), 500)])
+
+    def counts(self, concept: ShapeConcept) -> list[int]:
+        """Samples per combination (``COMBOS`` order): ``per_combo``, and enough for the
+        concept's combinations to reach ``min_concept`` together."""
+        s = self.settings
+        mine = concept.combos()
+        extra = max(s.per_combo, -(-s.min_concept // len(mine)))
+        return [extra if c in mine else s.per_combo for c in COMBOS]
+
+    def generate(self, model: ConditionedModel, texts: Sequence[str], seed_offset: int = 0,
+                 progress=None) -> torch.Tensor:
+        s = self.settings
+        ids = model.add_prompts(list(dict.fromkeys(texts)))
+        id_of = dict(zip(dict.fromkeys(texts), ids))
+        cond = torch.tensor([id_of[t] for t in texts])
+        g = torch.Generator().manual_seed(s.seed + seed_offset)
+        return sample(model, self.scheduler, cond, steps=s.steps, guidance=s.guidance, generator=g,
+                      progress=progress).clamp(-1, 1)
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        po, ps = self.classifier.predict(images.to(self._device()))
+        return po.cpu(), ps.cpu()
+
+    @torch.no_grad()
+    def evaluate(self, model: ConditionedModel, concept: ShapeConcept, *, original: ConditionedModel | None = None,
+                 progress=None) -> dict:
+        counts = self.counts(concept)
+        combo = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)])
+        texts = [prompt(*COMBOS[i]) for i in combo.tolist()]
+        images = self.generate(model, texts, progress=progress)
+        po, ps = self._predict(images)
+        obj, sty = combo // NUM_STYLES, combo % NUM_STYLES
+        ok_o, ok_s = (po == obj).double(), (ps == sty).double()
+        per = {key: [float(v[combo == i].mean()) for i in range(len(COMBOS))]
+               for key, v in (("object", ok_o), ("style", ok_s), ("both", ok_o * ok_s))}
+        result = self._scores(concept, per)
+        retained = [i for i, c in enumerate(COMBOS) if not concept.contains(*c)]
+        keep = torch.isin(combo, torch.tensor(retained))
+        real = torch.isin(self.real_combo, torch.tensor(retained))
+        result["fid"] = frechet_distance(self._features(images[keep]), self.real_features[real])
+        result["per_combo"] = per
+        result["samples_per_combo"] = counts
+        if self.settings.paraphrase_samples:
+            result["ua_paraphrase"] = self.paraphrase_ua(model, concept)
+        if original is not None:
+            result["kl_to_original"] = self.kl_to_original(model, original, retained)
+        result["samples"], result["sample_combo"] = images, combo
+        return result
+
+    def _scores(self, concept: ShapeConcept, per: dict) -> dict:
+        mine = [i for i, c in enumerate(COMBOS) if concept.contains(*c)]
+        rest = [i for i in range(len(COMBOS)) if i not in mine]
+        mean = lambda key, idx: sum(per[key][i] for i in idx) / len(idx) if idx else None  # noqa: E731
+        if concept.kind == "combo":
+            o, s = concept.object, concept.style
+            near = [i for i in rest if COMBOS[i][0] == o or COMBOS[i][1] == s]
+            far = [i for i in rest if i not in near]
+            return {"ua": 1 - mean("both", mine), "ira": mean("both", near), "cra": mean("both", far),
+                    "both_acc": mean("both", rest)}
+        own, other = ("object", "style") if concept.kind == "object" else ("style", "object")
+        return {"ua": 1 - mean(own, mine), "ira": mean(own, rest), "cra": mean(other, list(range(len(COMBOS)))),
+                "both_acc": mean("both", rest)}
+
+    @torch.no_grad()
+    def paraphrase_ua(self, model: ConditionedModel, concept: ShapeConcept) -> float:
+        """UA on ``paraphrase_samples`` samples of the held-out paraphrases of the concept's combinations."""
+        mine = concept.combos()
+        n = self.settings.paraphrase_samples
+        picks = [(mine[k % len(mine)], (k // len(mine)) % len(HELDOUT_COMBO_TEMPLATES)) for k in range(n)]
+        texts = [heldout_prompt(o, s, t) for (o, s), t in picks]
+        po, ps = self._predict(self.generate(model, texts, seed_offset=1))
+        obj = torch.tensor([o for (o, _), _ in picks])
+        sty = torch.tensor([s for (_, s), _ in picks])
+        shown = {"object": po == obj, "style": ps == sty, "combo": (po == obj) & (ps == sty)}[concept.kind]
+        return 1 - float(shown.double().mean())
+
+    @torch.no_grad()
+    def kl_to_original(self, model: ConditionedModel, original: ConditionedModel, retained: Sequence[int]) -> float:
+        s = self.settings
+        g = torch.Generator().manual_seed(s.seed + 1)
+        device = next(model.module.parameters()).device
+        idx = torch.cat([(self.real_combo == c).nonzero().squeeze(1)[: s.kl_draws] for c in retained])
+        x0 = self.real_images[idx]
+        texts = [prompt(*COMBOS[c]) for c in self.real_combo[idx].tolist()]
+        T = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, T, (len(idx),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = self.scheduler.add_noise(x0, noise, t).to(device)
+        t = t.to(device)
+        out = []
+        for m in (model, original):
+            ids = dict(zip(dict.fromkeys(texts), m.add_prompts(list(dict.fromkeys(texts)))))
+            cond = torch.tensor([ids[p] for p in texts], device=device)
+            out.append(torch.cat([m.predict(x_t[i:i + 256], t[i:i + 256], cond[i:i + 256]).float()
+                                  for i in range(0, len(idx), 256)]))
+        w = (timestep_weights(self.scheduler, "kl") * T).to(device)[t] / len(idx)
+        coeffs = torch.tensor([[1.0, -1.0]], device=device)
+        loss, _ = fused_eps_loss(out[0], [out[1]], coeffs, w[:, None], reduction="sum")
+        return float(loss)
+
+    def settings_dict(self) -> dict:
+        return asdict(self.settings)
+
+
+def shapes_evaluator(scheduler, settings: ShapesEvalSettings | None = None) -> ShapesEvaluator:
+    """The evaluator of the embedded shapes model: the shipped classifier, held-out generated images."""
+    from ..data.shapes import load_split
+    from .shapes_classifier import load_shapes_classifier
+
+    images, objects, styles = load_split("heldout")
+    return ShapesEvaluator(scheduler, load_shapes_classifier(), images, objects, styles, settings)
