@@ -95,3 +95,54 @@ def test_evaluate_a_small_model_end_to_end():
     assert torch.equal(again["samples"], r["samples"])  # a fixed seed: the same samples every time
     assert len(r["per_combo"]["both"]) == 48 and r["sample_combo"].tolist()[:2] == [0, 1]
     assert NUM_STYLES == 6
+
+
+def _tiny_shapes_folder(path):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unlearn_fast.shapes_zoo import build_shapes_scheduler_config, build_shapes_text_config, build_shapes_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_shapes_tokenizer()
+    CLIPTextModel(CLIPTextConfig(**build_shapes_text_config(tok, hidden_size=16))).save_pretrained(path / "text_encoder")
+    tok.save_pretrained(path / "tokenizer")
+    UNet2DConditionModel(sample_size=SHAPES_IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+                         block_out_channels=(8, 8), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).save_pretrained(path / "unet")
+    DDPMScheduler(**build_shapes_scheduler_config()).save_pretrained(path / "scheduler")
+    return str(path)
+
+
+def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys):
+    import json
+
+    from unlearn_fast.demo import DemoSettings, run_demo
+
+    folder = _tiny_shapes_folder(tmp_path / "model")
+    settings = DemoSettings(forget=["hollow star"], model="shapes", steps=2, batch_size=4, out=str(tmp_path / "out"),
+                            model_path=folder, forget_per_combo=4, retain_per_combo=1,
+                            shapes_eval=ShapesEvalSettings(per_combo=1, min_concept=4, steps=2, kl_draws=1,
+                                                           paraphrase_samples=3))
+    report = run_demo(settings)
+    on_disk = json.load(open(tmp_path / "out" / "report.json"))
+    assert on_disk["forget"] == "hollow star" and on_disk["concept_kind"] == "combo"
+    for part in ("before", "after"):
+        for key in ("ua", "ira", "cra", "fid", "ua_paraphrase"):
+            assert isinstance(on_disk[part][key], float), (part, key)
+    assert isinstance(on_disk["after"]["kl_to_original"], float) and report["settings"]["forget_prompts"] == [
+        prompt(3, 1)]
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "data" / "forget" / "metadata.jsonl")]
+    assert len(rows) == 4 and all("hollow star" in r["text"] for r in rows)
+    assert (tmp_path / "out" / "grid.png").stat().st_size > 0
+    assert "| ira |" in capsys.readouterr().out
+
+
+def test_shapes_demo_cli_rejects_an_unknown_concept(capsys):
+    from unlearn_fast.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--model", "shapes", "--forget", "dog", "--out", "unused"])
+    assert err.value.code == 2
+    assert "forget: expected an object" in capsys.readouterr().err

@@ -118,10 +118,13 @@ def run_train(args: argparse.Namespace) -> int:
 #: name -> (add_arguments(parser), run(args) -> exit code, help). ``demo``, ``continual`` and
 #: ``eval`` are registered here by their modules.
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--forget", type=int, nargs="+", default=[3], help="digit(s) to unlearn (default: 3)")
+    parser.add_argument("--forget", nargs="+", default=["3"],
+                        help="digit(s) to unlearn (default: 3); --model shapes: an object, a style or "
+                             "'<style> <object>' (e.g. striped, star, 'hollow star')")
     parser.add_argument("--method", default="ru", help="ru (default), esd, lu, fu, ablation, neggrad, finetune")
-    parser.add_argument("--model", default="class", choices=["class", "text"],
-                        help="the embedded model: class (class-conditional, default) or text (erases the digit's prompt)")
+    parser.add_argument("--model", default="class", choices=["class", "text", "shapes"],
+                        help="the embedded model: class (class-conditional, default), text (erases the digit's "
+                             "prompt) or shapes (objects drawn in styles)")
     parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: the demo's)")
     parser.add_argument("--per-class", type=int, default=None, help="evaluation samples per class")
     parser.add_argument("--report", default=None, help="JSON report path (default: OUT/report.json)")
@@ -139,6 +142,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
         settings.steps = args.steps
     if args.per_class is not None:
         settings.eval.per_class = args.per_class
+        if args.model == "shapes":
+            from .eval.shapes_metrics import ShapesEvalSettings
+
+            settings.shapes_eval = ShapesEvalSettings(per_combo=args.per_class)
     try:
         run_demo(settings)
     except (ValueError, FileNotFoundError) as e:

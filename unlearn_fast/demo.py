@@ -30,7 +30,7 @@ from .eval.report import public, save_grid, table, write_json
 from .models_zoo import DIGIT_PROMPT_TEMPLATES, digit_prompt, embedded_condition_names, load_embedded
 from .training import train
 
-DEMO_MODELS = ("class", "text")
+DEMO_MODELS = ("class", "text", "shapes")
 #: the text demo's training pool: samples of the frozen model, ``DemoSettings.pool_size`` per
 #: prompt, DDIM 20 steps, guidance 1.5 (where the text model samples best; assets/README.md)
 TEXT_POOL = dict(data="pool", pool_steps=20, pool_guidance=1.5)
@@ -57,7 +57,7 @@ DEMO_METHOD_DEFAULTS = {
 
 @dataclass
 class DemoSettings:
-    forget: list[int] = field(default_factory=lambda: [3])
+    forget: list = field(default_factory=lambda: [3])  # digits; --model shapes: one concept ("striped")
     method: str = "ru"
     model: str = "class"
     steps: int = 200
@@ -69,6 +69,10 @@ class DemoSettings:
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=50))
     pool_size: int = 32  # --model text: teacher samples per prompt in the training pool
     threads: int | None = None
+    model_path: str | None = None  # --model shapes: another shapes model folder (default: the embedded one)
+    shapes_eval: "ShapesEvalSettings | None" = None  # --model shapes: the evaluation (default: ShapesEvalSettings())
+    forget_per_combo: int = 32  # --model shapes: training images per combination showing the concept
+    retain_per_combo: int = 8  # --model shapes: training images per other combination
 
 
 def _paraphrase_ua(evaluator: ClassEvaluator, original, model, forget: list[int]) -> dict:
@@ -90,6 +94,16 @@ def run_demo(settings: DemoSettings) -> dict:
         raise ValueError(f"model: expected one of {DEMO_MODELS}, got {settings.model!r}")
     if settings.method not in DEMO_METHOD_DEFAULTS:
         raise ValueError(f"method: expected one of {sorted(DEMO_METHOD_DEFAULTS)}, got {settings.method!r}")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.model == "shapes":
+        from .demo_shapes import run_shapes_demo
+
+        return run_shapes_demo(settings, DEMO_METHOD_DEFAULTS[settings.method])
+    try:
+        settings.forget = [int(f) for f in settings.forget]
+    except (TypeError, ValueError):
+        raise ValueError(f"forget: expected digits 0-9, got {settings.forget}") from None
     bad = [f for f in settings.forget if not 0 <= f <= 9]
     if not settings.forget or bad:
         raise ValueError(f"forget: expected digits 0-9, got {settings.forget}")

@@ -1,0 +1,151 @@
+"""The demo on the shapes benchmark: erase an object, a style or one combination from the embedded shapes DDPM.
+
+    unlearn-fast demo --model shapes --forget striped --method ru --report r.json --out DIR
+    unlearn-fast demo --model shapes --forget "hollow star"
+
+Evaluates the embedded model (``eval.shapes_metrics``: UA, IRA, CRA, FID, KL, paraphrase UA),
+unlearns the concept with the chosen method through the trainer, evaluates again, and writes
+the report (``before``/``after``) and a PNG grid: a row per object (the concept's kind: a
+row per style when a style is erased), samples before | the same seeds after.
+
+Training data are the benchmark's own generated images (the model was trained on them, as
+the class demo trains on MNIST): ``OUT/data/forget`` holds ``forget_per_combo`` images of
+every combination that shows the concept with their prompts (and, for an object or a style,
+the object's or style's own prompt), ``OUT/data/retain`` ``retain_per_combo`` of every other
+combination, both in the imagefolder layout with ``metadata.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data.shapes import NUM_STYLES, TRAIN_COMBO_TEMPLATES, load_split, prompt
+from .eval.report import write_json
+from .eval.shapes_metrics import COMBOS, ShapesEvalSettings, parse_concept, shapes_evaluator
+from .training import train
+
+#: the headline numbers of the before/after table
+SHAPES_METRICS = ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original")
+
+
+def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_combo: int) -> tuple[str, str]:
+    """``(forget_dir, retain_dir)``: imagefolders of train-split images with their prompts."""
+    from PIL import Image
+
+    images, objects, styles = load_split("train")
+    pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    dirs = {}
+    for role, per_combo in (("forget", forget_per_combo), ("retain", retain_per_combo)):
+        folder = os.path.join(out, "data", role)
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for o, s in COMBOS:
+            if concept.contains(o, s) != (role == "forget"):
+                continue
+            idx = ((objects == o) & (styles == s)).nonzero().squeeze(1)[:per_combo].tolist()
+            for k, i in enumerate(idx):
+                name = f"{o}_{s}_{i}.png"
+                Image.fromarray(pixels[i]).save(os.path.join(folder, name))
+                # an erased object or style is also forgotten under its own prompt ("a star"), every 4th image
+                own = role == "forget" and concept.kind != "combo" and k % 4 == 3
+                text = (prompt(concept.object) if concept.kind == "object" else prompt(style=concept.style)) \
+                    if own else prompt(o, s, k % len(TRAIN_COMBO_TEMPLATES))
+                rows.append({"file_name": name, "text": text})
+        with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        dirs[role] = folder
+    return dirs["forget"], dirs["retain"]
+
+
+def save_shapes_grid(path: str, before: dict, after: dict, concept, per_row: int = 6, scale: int = 3) -> None:
+    """PNG: a row per object (per style when a style is erased), ``per_row`` samples before | after."""
+    import numpy as np
+    from PIL import Image
+
+    combo = before["sample_combo"]
+    by_style = concept.kind == "style"
+    rows = []
+    for r in range(NUM_STYLES if by_style else len(COMBOS) // NUM_STYLES):
+        pick = [i for i, c in enumerate(combo.tolist()) if (c % NUM_STYLES if by_style else c // NUM_STYLES) == r]
+        # one sample of each combination in the row first, so that every style (object) shows
+        order = sorted(pick, key=lambda i: (pick.index(i) - min(j for j in pick if combo[j] == combo[i]), i))
+        idx = torch.tensor(order[:per_row])
+        strip = lambda x: torch.cat(list(x[idx]), dim=2)  # noqa: E731  [3, H, per_row * W]
+        left, right = strip(before["samples"]), strip(after["samples"])
+        rows.append(torch.cat([left, torch.ones(3, left.shape[1], 4), right], dim=2))
+        rows.append(torch.ones(3, 1, rows[-1].shape[2]))
+    grid = torch.cat(rows[:-1], dim=1).clamp(-1, 1)
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path)
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("samples", "sample_combo")}
+
+
+def run_shapes_demo(settings, method_defaults: dict) -> dict:
+    """The shapes demo for ``settings`` (a ``demo.DemoSettings`` with ``model == "shapes"``)."""
+    from .shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
+
+    if len(settings.forget) != 1:
+        raise ValueError(f"forget: the shapes demo erases one concept at a time, got {settings.forget}")
+    concept = parse_concept(str(settings.forget[0]))
+    start = time.perf_counter()
+    os.makedirs(settings.out, exist_ok=True)
+    report_path = settings.report or os.path.join(settings.out, "report.json")
+    model_dir = settings.model_path or SHAPES_DDPM_DIR
+    original, scheduler = load_shapes_ddpm(model_dir)
+    eval_settings = settings.shapes_eval or ShapesEvalSettings()
+    evaluator = shapes_evaluator(scheduler, eval_settings)
+    with tqdm(desc="evaluate before", unit="step") as bar:
+        before = evaluator.evaluate(original, concept, progress=bar)
+
+    forget_dir, retain_dir = write_concept_folders(settings.out, concept, settings.forget_per_combo,
+                                                   settings.retain_per_combo)
+    retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
+    config = TrainConfig(
+        method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
+        forget=concept.prompts(), retain=retain_prompts, data="images", forget_images=forget_dir,
+        retain_images=retain_dir, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+        output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
+        **method_defaults,
+    )
+    train_start = time.perf_counter()
+    result = train(config)
+    train_seconds = time.perf_counter() - train_start
+    with tqdm(desc="evaluate after", unit="step") as bar:
+        after = evaluator.evaluate(result.model, concept, original=original, progress=bar)
+
+    grid = os.path.join(settings.out, "grid.png")
+    save_shapes_grid(grid, before, after, concept)
+    report = {
+        "method": settings.method, "forget": concept.name, "concept_kind": concept.kind, "model": "shapes",
+        "before": _public(before), "after": _public(after), "steps": settings.steps,
+        "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
+        "settings": {
+            "model": model_dir, "forget_prompts": concept.prompts(),
+            "train": {k: v for k, v in vars(config).items() if k in (
+                "method", "method_kwargs", "max_steps", "batch_size", "lr", "seed", "data")},
+            "data": {"forget_per_combo": settings.forget_per_combo, "retain_per_combo": settings.retain_per_combo},
+            "eval": evaluator.settings_dict(), "threads": torch.get_num_threads(),
+        },
+        "model_dir": result.final_dir, "grid": grid,
+    }
+    write_json(report_path, report)
+    print(f"\nunlearned {concept.kind} {concept.name!r} with {settings.method} in {settings.steps} steps "
+          f"({train_seconds:.0f} s training, {report['seconds']:.0f} s in all)\n")
+    print("| metric | before | after |\n|---|---|---|")
+    for key in SHAPES_METRICS:
+        b, a = before.get(key), after.get(key)
+        print(f"| {key} | {'-' if b is None else f'{b:.4g}'} | {'-' if a is None else f'{a:.4g}'} |")
+    print(f"\nreport: {report_path}\ngrid:   {grid}\nmodel:  {result.final_dir}")
+    return report
