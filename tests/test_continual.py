@@ -467,7 +467,10 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     assert constrained[1]["train"]["method"] == "clacu" and constrained[1]["remapped"] == {"3": constrained[1]["remapped"]["3"]}
     duals = constrained[1]["duals"]  # per logged step: the dual and constraint of the earlier erasure 3
     assert duals["step"] == [1, 2] and len(duals["clacu/lambda[3]"]) == 2
-    assert constrained[1]["bounds"]["3"] > 0  # calibrated in the request after its erasure
+    # 3's bound: bound_factor x its own mapping distance at the end of the request that erased it
+    own = constrained[0]["duals"]["clacu/mapping[3]"][-1]
+    assert constrained[0]["bounds"]["3"] == pytest.approx(settings.constrained.bound_factor * own) and own > 0
+    assert constrained[1]["bounds"]["3"] == constrained[0]["bounds"]["3"]  # kept by later requests
     assert "clacu/lambda[3]" not in constrained[0]["duals"]  # nothing erased before the first request
     assert on_disk["settings"]["eval"]["per_class"] == 2
     assert (tmp_path / "out" / "continual.png").stat().st_size > 0

@@ -82,10 +82,10 @@ class ConstrainedSettings:
     Earlier erasure ``i`` is the constraint ``m_i(theta) <= bound_factor * m_i^0``: ``m_i``
     is the distance of the student's prediction for concept ``i`` to the previous model's
     prediction for its mapping target (the per-sample distances of the fused op), ``m_i^0``
-    the same distance at the end of the request that erased ``i``."""
+    the same distance on its forget rows at the end of the request that erased ``i``."""
 
     bound_factor: float = _help("each earlier erasure's bound: this times its mapping distance at the end of "
-                                "the request that erased it", default=1.5)
+                                "the request that erased it", default=1.0)
     calibration_steps: int = _help("steps whose estimates calibrate a new erasure's bound (at most the "
                                    "request's steps)", default=5)
     dual_lr: float = _help("dual step on the normalised slack (m_i / bound_i - 1)", default=0.5)

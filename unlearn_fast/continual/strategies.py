@@ -182,8 +182,10 @@ class Lacu(PerRequest):
 
 class Constrained(Lacu):
     """LACU with one dual per earlier erasure (``methods.clacu``): each erasure's bound is
-    calibrated in the request after it and kept; with ``carry_duals`` each dual starts where
-    the previous request left it. The dual trajectories go to the record (``duals``)."""
+    ``bound_factor`` times its mapping distance at the end of the request that erased it
+    (calibrated in the next request only when that is unknown) and kept, also when its
+    mapping target changes; with ``carry_duals`` each dual starts where the previous request
+    left it. The dual trajectories go to the record (``duals``)."""
 
     name = "constrained"
     method = "clacu"
@@ -208,9 +210,13 @@ class Constrained(Lacu):
         result, seconds, config, rec = super().train(ctx, n, request, out_dir, seed)
         series = telemetry(out_dir, "clacu/")
         last = {k: v[-1] for k, v in series.items() if k != "step" and v}
+        mapped = last.get(f"clacu/mapping[{request}]")
+        if mapped is not None and mapped == mapped and mapped > 0:  # not NaN: the erasure's own level
+            self.bounds[request] = self.settings.constrained.bound_factor * float(mapped)
         for e in rec["remapped"]:
-            if f"clacu/bound[{e}]" in last and last[f"clacu/bound[{e}]"] == last[f"clacu/bound[{e}]"]:  # not NaN
-                self.bounds[int(e)] = float(last[f"clacu/bound[{e}]"])
+            bound = last.get(f"clacu/bound[{e}]")
+            if int(e) not in self.bounds and bound is not None and bound == bound:  # calibrated in this request
+                self.bounds[int(e)] = float(bound)
             if f"clacu/lambda[{e}]" in last:
                 self.lambdas[int(e)] = float(last[f"clacu/lambda[{e}]"])
         rec["duals"] = series

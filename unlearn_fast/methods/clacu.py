@@ -15,9 +15,9 @@ constraint costs no extra forward pass.
 Bounds. ``bounds[i]`` is ``b_i`` when known (a later request of the sequence carries it);
 ``None`` calibrates it in this run: over the first ``calibration_steps`` steps the running
 sum of ``m_i`` is taken at ``lambda_i = init_lambda`` and ``b_i = bound_factor *`` its mean,
-i.e. "no worse than ``bound_factor`` times how mapped ``i`` was when this request started
-from the model that had just erased it" (the continual runner calibrates each erasure in
-the request right after it, then keeps the bound). Dual step (``duals.DualVariables``,
+i.e. "no worse than ``bound_factor`` times how mapped ``i`` is when this request starts". The
+continual runner gives every bound it knows (``bound_factor`` times the erasing request's own
+mapping estimate, ``metrics()["clacu/mapping[f]"]``) and calibrates only the others. Dual step (``duals.DualVariables``,
 projected ascent on the normalised slack ``m_i / b_i - 1``, running-mean estimates,
 all-reduced under DDP).
 """
