@@ -87,6 +87,29 @@ def embedded_evaluator(scheduler, settings: EvalSettings | None = None, model: s
                           prompts=embedded_condition_names("text") if model == "text" else None)
 
 
+@torch.no_grad()
+def kl_on_draws(scheduler, model: ConditionedModel, original: ConditionedModel, x0: torch.Tensor,
+                cond: torch.Tensor, original_cond: torch.Tensor, *, seed: int, batch_size: int = 256) -> float:
+    """``E[T w_t ||eps - eps_orig||^2]`` in nats per sample (``kl`` weights, ``reduction="sum"``,
+    the fused op) over one ``(t, noise)`` draw per image of ``x0``; ``cond`` / ``original_cond``:
+    each image's condition id in either model."""
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.module.parameters()).device
+    T = scheduler.config.num_train_timesteps
+    t = torch.randint(0, T, (len(x0),), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    x_t = scheduler.add_noise(x0, noise, t).to(device)
+    t = t.to(device)
+    eps, eps_orig = (torch.cat([m.predict(x_t[i:i + batch_size], t[i:i + batch_size],
+                                          c[i:i + batch_size].to(device)).float()
+                                for i in range(0, len(x0), batch_size)])
+                     for m, c in ((model, cond), (original, original_cond)))
+    w = (timestep_weights(scheduler, "kl") * T).to(device)[t] / len(x0)
+    coeffs = torch.tensor([[1.0, -1.0]], device=device)
+    loss, _ = fused_eps_loss(eps, [eps_orig], coeffs, w[:, None], reduction="sum")
+    return float(loss)
+
+
 class ClassEvaluator:
     """Evaluator of class unlearning on a class-conditional model with ``num_classes`` classes.
 
@@ -161,23 +184,10 @@ class ClassEvaluator:
 
     @torch.no_grad()
     def kl_to_original(self, model: ConditionedModel, original: ConditionedModel, retain: Sequence[int]) -> float:
-        s = self.settings
-        g = torch.Generator().manual_seed(s.seed + 1)
-        device = next(model.module.parameters()).device
-        idx = torch.cat([(self.real_labels == c).nonzero().squeeze(1)[: s.kl_draws] for c in retain])
-        x0 = self.real_images[idx]
+        idx = torch.cat([(self.real_labels == c).nonzero().squeeze(1)[: self.settings.kl_draws] for c in retain])
         cond = self.real_labels[idx]
-        T = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, T, (len(idx),), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        x_t = self.scheduler.add_noise(x0, noise, t).to(device)
-        t = t.to(device)
-        eps = model.predict(x_t, t, self.condition_ids(model)[cond].to(device)).float()
-        eps_orig = original.predict(x_t, t, self.condition_ids(original)[cond].to(device)).float()
-        w = (timestep_weights(self.scheduler, "kl") * T).to(device)[t] / len(idx)
-        coeffs = torch.tensor([[1.0, -1.0]], device=device)
-        loss, _ = fused_eps_loss(eps, [eps_orig], coeffs, w[:, None], reduction="sum")
-        return float(loss)
+        return kl_on_draws(self.scheduler, model, original, self.real_images[idx], self.condition_ids(model)[cond],
+                           self.condition_ids(original)[cond], seed=self.settings.seed + 1)
 
     def evaluate(self, model: ConditionedModel, forget: Sequence[int], *, original: ConditionedModel | None = None,
                  progress=None) -> dict:

@@ -33,10 +33,8 @@ import torch
 
 from ..data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, HELDOUT_COMBO_TEMPLATES, heldout_prompt, prompt
 from ..models import ConditionedModel
-from ..ops import fused_eps_loss
 from ..sampling import sample
-from ..schedules import timestep_weights
-from .metrics import frechet_distance
+from .metrics import frechet_distance, kl_on_draws
 
 COMBOS = [(o, s) for o in range(NUM_OBJECTS) for s in range(NUM_STYLES)]  # object-major, as the data
 
@@ -213,27 +211,12 @@ class ShapesEvaluator:
 
     @torch.no_grad()
     def kl_to_original(self, model: ConditionedModel, original: ConditionedModel, retained: Sequence[int]) -> float:
-        s = self.settings
-        g = torch.Generator().manual_seed(s.seed + 1)
-        device = next(model.module.parameters()).device
-        idx = torch.cat([(self.real_combo == c).nonzero().squeeze(1)[: s.kl_draws] for c in retained])
-        x0 = self.real_images[idx]
+        idx = torch.cat([(self.real_combo == c).nonzero().squeeze(1)[: self.settings.kl_draws] for c in retained])
         texts = [prompt(*COMBOS[c]) for c in self.real_combo[idx].tolist()]
-        T = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, T, (len(idx),), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        x_t = self.scheduler.add_noise(x0, noise, t).to(device)
-        t = t.to(device)
-        out = []
-        for m in (model, original):
-            ids = dict(zip(dict.fromkeys(texts), m.add_prompts(list(dict.fromkeys(texts)))))
-            cond = torch.tensor([ids[p] for p in texts], device=device)
-            out.append(torch.cat([m.predict(x_t[i:i + 256], t[i:i + 256], cond[i:i + 256]).float()
-                                  for i in range(0, len(idx), 256)]))
-        w = (timestep_weights(self.scheduler, "kl") * T).to(device)[t] / len(idx)
-        coeffs = torch.tensor([[1.0, -1.0]], device=device)
-        loss, _ = fused_eps_loss(out[0], [out[1]], coeffs, w[:, None], reduction="sum")
-        return float(loss)
+        ids = [dict(zip(dict.fromkeys(texts), m.add_prompts(list(dict.fromkeys(texts))))) for m in (model, original)]
+        cond, original_cond = (torch.tensor([i[p] for p in texts]) for i in ids)
+        return kl_on_draws(self.scheduler, model, original, self.real_images[idx], cond, original_cond,
+                           seed=self.settings.seed + 1)
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)
