@@ -1,6 +1,7 @@
 """Helpers shared by the training scripts of the embedded models (class DDPM, text DDPM,
 classifier): the learning-rate schedule, atomic checkpoint writes, the EMA update, and
-for the two DDPM scripts their common arguments, checkpoint/resume, batches and noising."""
+for the DDPM scripts their common arguments, checkpoint/resume, batches and noising, and for
+the two text DDPMs the jointly trained UNet + text encoder and the pipeline-folder export."""
 
 from __future__ import annotations
 
@@ -111,3 +112,42 @@ def noised(x0, alphas_cumprod, gen):
     noise = torch.randn(x0.shape, generator=gen)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     return t, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+class TextDDPM(torch.nn.Module):
+    """The UNet and the text encoder of a text DDPM, trained together (attribute names are the
+    checkpoints' state-dict keys: ``unet.*``, ``text_encoder.*``)."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, x_t, t, input_ids, prompt_ids):
+        """``input_ids``: every prompt's tokens ``[P, L]``; ``prompt_ids``: each image's prompt."""
+        uniq, inverse = torch.unique(prompt_ids, return_inverse=True)
+        emb = self.text_encoder(input_ids[uniq])[0]  # [U, L, E]: each distinct prompt of the batch once
+        return self.unet(x_t, t, encoder_hidden_states=emb[inverse]).sample
+
+
+def export_text_ddpm(ema, tokenizer, scheduler, out_dir, info):
+    """Write the pipeline-style folder (unet/, text_encoder/, tokenizer/, scheduler/,
+    train_info.json) into ``out_dir.tmp``, then move it in file by file."""
+    import json
+    import shutil
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ema.unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
+    ema.text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
+    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+    with open(os.path.join(tmp, "train_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    for dirpath, _, files in os.walk(tmp):
+        dest = os.path.normpath(os.path.join(out_dir, os.path.relpath(dirpath, tmp)))
+        os.makedirs(dest, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(dirpath, name), os.path.join(dest, name))
+            os.chmod(os.path.join(dest, name), 0o644)
+    shutil.rmtree(tmp, ignore_errors=True)

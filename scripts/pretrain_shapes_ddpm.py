@@ -47,20 +47,19 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from _training import (  # noqa: E402  (scripts/_training.py)
-    add_ddpm_arguments, batch_indices, lr_at, noised, optimizer_step, resume_training_state, save_training_state,
+    TextDDPM, add_ddpm_arguments, batch_indices, export_text_ddpm, lr_at, noised, optimizer_step, resume_training_state,
+    save_training_state,
 )
 from unlearn_fast.data.shapes import (  # noqa: E402
     HELDOUT_COMBO_TEMPLATES,
@@ -83,40 +82,6 @@ from unlearn_fast.shapes_zoo import (  # noqa: E402
     build_shapes_tokenizer,
     build_shapes_unet_config,
 )
-
-
-class ShapesTextDDPM(nn.Module):
-    """The UNet and the text encoder, trained together."""
-
-    def __init__(self, unet, text_encoder):
-        super().__init__()
-        self.unet = unet
-        self.text_encoder = text_encoder
-
-    def forward(self, x_t, t, input_ids, prompt_ids):
-        uniq, inverse = torch.unique(prompt_ids, return_inverse=True)
-        emb = self.text_encoder(input_ids[uniq])[0]  # [U, L, E]: each distinct prompt of the batch once
-        return self.unet(x_t, t, encoder_hidden_states=emb[inverse]).sample
-
-
-def export(ema: ShapesTextDDPM, tokenizer, scheduler, out_dir, info):
-    """Write the pipeline-style folder into out_dir.tmp, then move it in file by file (the layout of
-    pretrain_text_ddpm.py's export)."""
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ema.unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
-    ema.text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
-    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-    scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
-    with open(os.path.join(tmp, "train_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    for dirpath, _, files in os.walk(tmp):
-        dest = os.path.normpath(os.path.join(out_dir, os.path.relpath(dirpath, tmp)))
-        os.makedirs(dest, exist_ok=True)
-        for name in files:
-            os.replace(os.path.join(dirpath, name), os.path.join(dest, name))
-            os.chmod(os.path.join(dest, name), 0o644)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prompt_ids_table():
@@ -269,7 +234,7 @@ def main():
     tokenizer = build_shapes_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(**build_shapes_text_config(tokenizer)))
     unet = UNet2DConditionModel(**build_shapes_unet_config(SHAPES_IMAGE_SIZE, text_encoder.config.hidden_size))
-    model = ShapesTextDDPM(unet, text_encoder)
+    model = TextDDPM(unet, text_encoder)
     scheduler = DDPMScheduler(**build_shapes_scheduler_config())
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -351,7 +316,7 @@ def main():
         if step % args.ckpt_every == 0 or step == args.steps or stop:
             checkpoint()
         if step % args.export_every == 0 or step == args.steps or stop:
-            export(ema, tokenizer, scheduler, args.out, info())
+            export_text_ddpm(ema, tokenizer, scheduler, args.out, info())
             tqdm.write(f"step {step} loss_ema {loss_avg:.4f} lr {lr:.1e} elapsed {elapsed:.0f}s "
                        f"({elapsed / max(1, step):.2f} s/step overall) -> exported EMA to {args.out}")
             sys.stdout.flush()

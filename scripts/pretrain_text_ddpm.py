@@ -37,20 +37,19 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from _training import (  # noqa: E402  (scripts/_training.py)
-    add_ddpm_arguments, batch_indices, lr_at, noised, optimizer_step, resume_training_state, save_training_state,
+    TextDDPM, add_ddpm_arguments, batch_indices, export_text_ddpm, lr_at, noised, optimizer_step, resume_training_state,
+    save_training_state,
 )
 from unlearn_fast.data import IMAGE_SIZE, NUM_CLASSES, load_split  # noqa: E402
 from unlearn_fast.models_zoo import (  # noqa: E402
@@ -63,39 +62,6 @@ from unlearn_fast.models_zoo import (  # noqa: E402
     build_tiny_clip_tokenizer,
     digit_prompt,
 )
-
-
-class TextDDPM(nn.Module):
-    """The UNet and the text encoder, trained together."""
-
-    def __init__(self, unet, text_encoder):
-        super().__init__()
-        self.unet = unet
-        self.text_encoder = text_encoder
-
-    def forward(self, x_t, t, input_ids, prompt_ids):
-        emb = self.text_encoder(input_ids)[0]  # [P, L, E]: every prompt once
-        return self.unet(x_t, t, encoder_hidden_states=emb[prompt_ids]).sample
-
-
-def export(ema: TextDDPM, tokenizer, scheduler, out_dir, info):
-    """Write the pipeline-style folder into out_dir.tmp, then move it in file by file."""
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ema.unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
-    ema.text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
-    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-    scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
-    with open(os.path.join(tmp, "train_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    for dirpath, _, files in os.walk(tmp):
-        rel = os.path.relpath(dirpath, tmp)
-        dest = os.path.normpath(os.path.join(out_dir, rel))
-        os.makedirs(dest, exist_ok=True)
-        for name in files:
-            os.replace(os.path.join(dirpath, name), os.path.join(dest, name))
-            os.chmod(os.path.join(dest, name), 0o644)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def quality_check(args):
@@ -242,7 +208,7 @@ def main():
         if step % args.ckpt_every == 0 or step == args.steps or stop:
             checkpoint()
         if step % args.export_every == 0 or step == args.steps or stop:
-            export(ema, tokenizer, scheduler, args.out, info())
+            export_text_ddpm(ema, tokenizer, scheduler, args.out, info())
             tqdm.write(f"step {step} loss_ema {loss_avg:.4f} lr {lr:.1e} elapsed {elapsed:.0f}s -> exported EMA to {args.out}")
             sys.stdout.flush()
     pbar.close()
