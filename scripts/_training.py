@@ -151,3 +151,62 @@ def export_text_ddpm(ema, tokenizer, scheduler, out_dir, info):
             os.replace(os.path.join(dirpath, name), os.path.join(dest, name))
             os.chmod(os.path.join(dest, name), 0o644)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_classifier_loop(model, opt, gen, args, n, loss_of, evaluate, desc):
+    """The classifier scripts' loop: resume from ``args.ckpt`` (unless ``args.no_resume``),
+    ``args.steps`` AdamW steps on batches of ``args.batch`` of the ``n`` training items
+    (``loss_of(idx)``: the batch's loss), the lr of ``lr_at`` (to 0), ``evaluate(step, loss,
+    elapsed)`` every ``args.eval_every`` steps, an atomic checkpoint every ``args.ckpt_every``.
+    Returns the training seconds (over resumed runs)."""
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    step, elapsed = 0, 0.0
+    if not args.no_resume and os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, elapsed = ck["step"], ck.get("elapsed", 0.0)
+        print(f"resumed from {args.ckpt} at step {step}", flush=True)
+    batches = batch_indices(n, args.batch, gen)
+    model.train()
+    t0 = time.time() - elapsed
+    pbar = tqdm(total=args.steps, initial=step, desc=desc, mininterval=10, file=sys.stdout)
+    while step < args.steps:
+        idx = next(batches)
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, min_ratio=0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        elapsed = time.time() - t0
+        pbar.update(1)
+        if step % 50 == 0:
+            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
+        if step % args.eval_every == 0 or step == args.steps:
+            evaluate(step, loss.item(), elapsed)
+            sys.stdout.flush()
+        if step % args.ckpt_every == 0 or step == args.steps:
+            atomic_save(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                             torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, args=vars(args)), args.ckpt)
+    pbar.close()
+    return elapsed
+
+
+def save_weights(model, path, metadata):
+    """The model's state dict as safetensors at ``path`` (atomically, mode 0644)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(sd, path + ".tmp", metadata={"format": "pt", **metadata})
+    os.replace(path + ".tmp", path)
+    os.chmod(path, 0o644)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _training import atomic_save, lr_at  # noqa: E402  (scripts/_training.py)
+from _training import save_weights, train_classifier_loop  # noqa: E402  (scripts/_training.py)
 from unlearn_fast.data import IMAGE_SIZE, load_digits  # noqa: E402
 from unlearn_fast.eval.classifier import DigitClassifier  # noqa: E402
 
@@ -84,63 +83,19 @@ def main():
     channels = tuple(int(c) for c in args.channels.split(","))
     model = DigitClassifier(image_size=IMAGE_SIZE, channels=channels)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step, elapsed = 0, 0.0
-    if not args.no_resume and os.path.exists(args.ckpt):
-        ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, elapsed = ck["step"], ck.get("elapsed", 0.0)
-        print(f"resumed from {args.ckpt} at step {step}")
-
-    def checkpoint():
-        atomic_save(
-            dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                 torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, args=vars(args)),
-            args.ckpt,
-        )
-
-    n = len(xtr)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    model.train()
-    t0 = time.time() - elapsed
-    pbar = tqdm(total=args.steps, initial=step, desc="classifier", mininterval=10, file=sys.stdout)
-    while step < args.steps:
-        if pos + args.batch > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + args.batch]
-        pos += args.batch
+    def loss_of(idx):
         x = augment(xtr[idx], gen, args.max_rot, args.max_shift, args.max_scale)
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, min_ratio=0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = F.cross_entropy(model(x), ytr[idx], label_smoothing=0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        elapsed = time.time() - t0
-        pbar.update(1)
-        if step % 50 == 0:
-            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-        if step % args.eval_every == 0 or step == args.steps:
-            acc, _ = evaluate(model, xte, yte)
-            tqdm.write(f"step {step} loss {loss.item():.4f} heldout_acc {acc:.4f} ({elapsed:.0f}s)")
-        if step % args.ckpt_every == 0 or step == args.steps:
-            checkpoint()
-    pbar.close()
+        return F.cross_entropy(model(x), ytr[idx], label_smoothing=0.05)
+
+    def report(step, loss, elapsed):
+        acc, _ = evaluate(model, xte, yte)
+        tqdm.write(f"step {step} loss {loss:.4f} heldout_acc {acc:.4f} ({elapsed:.0f}s)")
+
+    elapsed = train_classifier_loop(model, opt, gen, args, len(xtr), loss_of, report, "classifier")
 
     acc, per = evaluate(model, xte, yte)
     tr_acc, _ = evaluate(model, xtr, ytr)
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = args.out + ".tmp"
-    save_file(sd, tmp, metadata={"format": "pt", "heldout_acc": f"{acc:.4f}"})
-    os.replace(tmp, args.out)
-    os.chmod(args.out, 0o644)
+    save_weights(model, args.out, {"heldout_acc": f"{acc:.4f}"})
     cfg_path = os.path.splitext(args.out)[0] + "_config.json"
     cfg = dict(model.config)
     cfg["training"] = dict(

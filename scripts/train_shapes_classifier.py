@@ -32,7 +32,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _training import atomic_save, lr_at  # noqa: E402  (scripts/_training.py)
+from _training import save_weights, train_classifier_loop  # noqa: E402  (scripts/_training.py)
 from unlearn_fast.data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, load_split  # noqa: E402
 from unlearn_fast.eval.shapes_classifier import SHAPES_CLASSIFIER_WEIGHTS_FILE, ShapesClassifier  # noqa: E402
 
@@ -102,67 +102,21 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"ShapesClassifier(channels={channels}, feature_dim={args.feature_dim}): {n_params} parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step, elapsed = 0, 0.0
-    if not args.no_resume and os.path.exists(args.ckpt):
-        ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, elapsed = ck["step"], ck.get("elapsed", 0.0)
-        print(f"resumed from {args.ckpt} at step {step}", flush=True)
-
-    def checkpoint():
-        atomic_save(
-            dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                 torch_rng=torch.get_rng_state(), step=step, elapsed=elapsed, args=vars(args)),
-            args.ckpt,
-        )
-
-    n = len(xtr)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    model.train()
-    t0 = time.time() - elapsed
-    pbar = tqdm(total=args.steps, initial=step, desc="shapes_classifier", mininterval=10, file=sys.stdout)
-    while step < args.steps:
-        if pos + args.batch > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + args.batch]
-        pos += args.batch
-        x = augment(xtr[idx], gen, args.noise)
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, min_ratio=0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        lo, ls = model(x)
-        loss = (F.cross_entropy(lo, otr[idx], label_smoothing=0.05)
+    def loss_of(idx):
+        lo, ls = model(augment(xtr[idx], gen, args.noise))
+        return (F.cross_entropy(lo, otr[idx], label_smoothing=0.05)
                 + F.cross_entropy(ls, sty_tr[idx], label_smoothing=0.05))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        elapsed = time.time() - t0
-        pbar.update(1)
-        if step % 50 == 0:
-            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-        if step % args.eval_every == 0 or step == args.steps:
-            ao, as_, ab, _, _ = evaluate(model, xte, ote, ste)
-            tqdm.write(f"step {step} loss {loss.item():.4f} heldout object {ao:.4f} style {as_:.4f} both {ab:.4f} "
-                       f"({elapsed:.0f}s)")
-            sys.stdout.flush()
-        if step % args.ckpt_every == 0 or step == args.steps:
-            checkpoint()
-    pbar.close()
+
+    def report(step, loss, elapsed):
+        ao, as_, ab, _, _ = evaluate(model, xte, ote, ste)
+        tqdm.write(f"step {step} loss {loss:.4f} heldout object {ao:.4f} style {as_:.4f} both {ab:.4f} "
+                   f"({elapsed:.0f}s)")
+
+    elapsed = train_classifier_loop(model, opt, gen, args, len(xtr), loss_of, report, "shapes_classifier")
 
     ao, as_, ab, per_o, per_s = evaluate(model, xte, ote, ste)
     tro, trs, _, _, _ = evaluate(model, xtr, otr, sty_tr)
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = args.out + ".tmp"
-    save_file(sd, tmp, metadata={"format": "pt", "heldout_object_acc": f"{ao:.4f}", "heldout_style_acc": f"{as_:.4f}"})
-    os.replace(tmp, args.out)
-    os.chmod(args.out, 0o644)
+    save_weights(model, args.out, {"heldout_object_acc": f"{ao:.4f}", "heldout_style_acc": f"{as_:.4f}"})
     cfg_path = os.path.splitext(args.out)[0] + "_config.json"
     cfg = dict(model.config)
     cfg["objects"], cfg["styles"] = list(OBJECTS), list(STYLES)
@@ -184,7 +138,7 @@ def main():
           f"style {trs:.4f})")
     print("per object " + " ".join(f"{o}:{a:.3f}" for o, a in zip(OBJECTS, per_o)))
     print("per style " + " ".join(f"{s}:{a:.3f}" for s, a in zip(STYLES, per_s)))
-    print(f"trained {step} steps in {elapsed:.0f}s; wrote {args.out} and {cfg_path}")
+    print(f"trained {args.steps} steps in {elapsed:.0f}s; wrote {args.out} and {cfg_path}")
 
 
 if __name__ == "__main__":
