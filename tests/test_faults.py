@@ -268,7 +268,7 @@ COMMANDS = {
                               str(tmp / "g.png")],
     "eval": lambda d, tmp: ["eval", "--model-path", d, "--forget", "3", "--per-class", "1", "--steps", "1"],
     "continual": lambda d, tmp: ["continual", "--sequence", "3", "--method", "naive", "--model-path", d,
-                                 "--steps", "1", "--per-class", "1", "--out", str(tmp / "c")],
+                                 "--steps", "1", "--eval-per-class", "1", "--out", str(tmp / "c")],
 }
 
 
@@ -311,7 +311,7 @@ sys.exit(main({argv}))
 def test_continual_resumes_at_the_request_it_reached(tmp_path):
     def argv(out):
         return ["continual", "--sequence", "3,5", "--method", "naive", "--steps", "6",
-                "--batch-size", "6", "--per-class", "1", "--eval-steps", "1", "--out", str(out), "--threads", "1"]
+                "--batch-size", "6", "--eval-per-class", "1", "--eval-steps", "1", "--out", str(out), "--threads", "1"]
 
     def run(out, pace=0.0):
         script = CONTINUAL_SCRIPT.format(pace=pace, argv=repr(argv(out)))
