@@ -387,3 +387,39 @@ def test_pool_with_mnist_conditions_takes_real_images_for_those_classes(class_di
     rgb = SimpleNamespace(module=SimpleNamespace(config=SimpleNamespace(in_channels=3, sample_size=8)))
     with pytest.raises(ValueError, match="mnist_conditions: the embedded MNIST images have 1 channel, the model has 3"):
         _pool_source(rgb, scheduler, config, [3], [1, 7], accelerator, tmp_path / "rgb", [7])
+
+
+def test_teacher_path_makes_another_model_the_teacher(class_dir, tmp_path):
+    """A continual request trains the previous model against the original: the student starts
+    from model_path, every teacher prediction comes from teacher_path."""
+    from diffusers import DDPMScheduler
+    from helpers import T, tiny_class_unet
+
+    other = tmp_path / "other"
+    tiny_class_unet(seed=1).save_pretrained(other)
+    DDPMScheduler(num_train_timesteps=T).save_pretrained(other)
+    start = load_file(str(Path(class_dir) / "diffusion_pytorch_model.safetensors"))
+    wanted = load_file(str(other / "diffusion_pytorch_model.safetensors"))
+    result = train(tiny(class_dir, tmp_path / "run", teacher_path=str(other), max_steps=1, lr=1e-12))
+    teacher = {k: v for k, v in result.teacher.module.state_dict().items()}
+    student = result.model.module.state_dict()
+    assert all(torch.equal(teacher[k], wanted[k]) for k in wanted)
+    assert any(not torch.equal(wanted[k], start[k]) for k in wanted)
+    assert all(torch.allclose(student[k], start[k], atol=1e-6) for k in start)  # lr ~0: the student is model_path's
+    assert not any(p.requires_grad for p in result.teacher.module.parameters())
+
+
+def test_teacher_path_errors_name_the_key(class_dir, tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    with pytest.raises(ConfigError, match="teacher_path: no such file or directory"):
+        tiny(class_dir, tmp_path / "a", teacher_path=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="teacher_path: a LoRA run's teacher is its base model"):
+        tiny(class_dir, tmp_path / "b", teacher_path=class_dir, train_params="lora")
+    six = tmp_path / "six"
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4, num_class_embeds=6).save_pretrained(six)
+    DDPMScheduler(num_train_timesteps=10).save_pretrained(six)
+    with pytest.raises(ValueError, match="teacher_path: expected a model with the conditions of model_path"):
+        train(tiny(class_dir, tmp_path / "c", teacher_path=str(six), max_steps=1))

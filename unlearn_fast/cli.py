@@ -33,6 +33,7 @@ _HELP = {
     "forget": "conditions to unlearn (class ids/names or prompts)",
     "retain": "conditions to keep (default for a class model: every other class)",
     "model_path": "a diffusers folder (default: the embedded MNIST class DDPM)",
+    "teacher_path": "a model folder whose frozen predictions are the teacher (default: a copy of model_path)",
     "max_steps": "optimizer steps",
     "output_dir": "checkpoints, metrics.jsonl and final/ go here",
     "resume": "'latest' or a checkpoint folder",

@@ -66,6 +66,10 @@ class TrainConfig:
         resolution: image side in pixels for the families that condition on it (SDXL's time ids)
             or whose default is large (SD3, Flux: 1024); ``None``: the model's default.
         null_class: the null class id of a class model (default: the last class).
+        teacher_path: a model folder of the same family and conditions whose frozen predictions
+            are the run's teacher (``None``: a frozen copy of the starting model). A continual
+            sequence gives the original model here, so each request is measured against the
+            original, not against the previous request's drifted one.
         allow_pickle: also load pickle-based weights (``diffusion_pytorch_model.bin``,
             ``pytorch_model.bin``, ``.pt``/``.pth``/``.ckpt``) when a folder has no safetensors
             weights. Off by default: unpickling an untrusted file can run arbitrary code.
@@ -112,6 +116,7 @@ class TrainConfig:
 
     model: Literal["auto", "class", "text", "sd", "sdxl", "sd3", "flux", "dit"] = "auto"
     model_path: Optional[str] = None
+    teacher_path: Optional[str] = None
     resolution: Optional[int] = None
     null_class: Optional[int] = None
     allow_pickle: bool = False
@@ -217,11 +222,17 @@ class TrainConfig:
             raise ConfigError("forget_images: data = 'images' needs the folder of images to forget")
         if self.data != "images" and (self.forget_images or self.retain_images):
             raise ConfigError(f"data: forget_images/retain_images are read with data = 'images', got data = {self.data!r}")
-        if self.model_path is not None:
-            if not os.path.exists(self.model_path):
-                raise ConfigError(f"model_path: no such file or directory: {self.model_path!r}")
-            if not os.path.isdir(self.model_path):
-                raise ConfigError(f"model_path: expected a diffusers folder, got a file: {self.model_path!r}")
+        for key in ("model_path", "teacher_path"):
+            folder = getattr(self, key)
+            if folder is None:
+                continue
+            if not os.path.exists(folder):
+                raise ConfigError(f"{key}: no such file or directory: {folder!r}")
+            if not os.path.isdir(folder):
+                raise ConfigError(f"{key}: expected a diffusers folder, got a file: {folder!r}")
+        if self.teacher_path is not None and self.train_params == "lora":
+            raise ConfigError("teacher_path: a LoRA run's teacher is its base model with the adapters off; "
+                              "leave teacher_path unset with train_params = 'lora'")
 
     # --- conversions ---------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ class LacuSettings:
         "x0 of the training samples: the previous model's samples (pool) or real images (mnist)", default="pool")
     pool_size: int = _help("previous-model samples per condition in the pool", default=64)
     pool_guidance: float = _help("guidance of the pool's sampler", default=1.0)
+    teacher: Literal["previous", "original"] = _help(
+        "the frozen teacher of a request's replay and mapping targets: the previous request's model "
+        "(previous) or the original model (original: drift does not compound over requests)", default="previous")
 
     def __post_init__(self):
         check_field_types(self, "lacu.")

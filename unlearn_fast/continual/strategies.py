@@ -50,6 +50,15 @@ class SequenceContext:
         return list(range(self.evaluator.num_classes))
 
 
+def original_path(settings: ContinualSettings) -> str:
+    """The folder of the sequence's original model (the embedded one unless ``model_path``)."""
+    if settings.model_path is not None:
+        return settings.model_path
+    from ..asset_files import require_embedded
+
+    return require_embedded(f"{settings.model}_ddpm")
+
+
 class Strategy:
     name = "strategy"
 
@@ -164,8 +173,9 @@ class Lacu(PerRequest):
     def overrides(self, ctx: SequenceContext) -> dict:
         s, lacu = self.settings, self.settings.lacu
         mnist = lacu.erased_data == "mnist" and s.model == "class"
+        teacher = original_path(s) if lacu.teacher == "original" else None
         return dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
-                    mnist_conditions=[str(e) for e in ctx.erased] if mnist else [])
+                    mnist_conditions=[str(e) for e in ctx.erased] if mnist else [], teacher_path=teacher)
 
     def train(self, ctx, n, request, out_dir, seed):
         s, lacu = self.settings, self.settings.lacu

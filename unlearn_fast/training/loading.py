@@ -41,6 +41,24 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
     return adapter, scheduler, family
 
 
+def load_teacher(config: TrainConfig, student: ConditionedModel, family: str, device="cpu") -> ConditionedModel:
+    """The run's frozen teacher: ``config.teacher_path`` (same family, same conditions as the
+    student) or a frozen copy of the student."""
+    if config.teacher_path is None:
+        return student.teacher()
+    fam = family_of(family)
+    teacher, _ = load(config.teacher_path, family, prompts=prompts_of(config) if fam.text else (), device=device,
+                      allow_pickle=config.allow_pickle, resolution=config.resolution, null_class=config.null_class)
+    if list(teacher.conditions) != list(student.conditions):
+        raise ValueError(f"teacher_path: expected a model with the conditions of model_path, got "
+                         f"{len(teacher.conditions)} conditions {list(teacher.conditions)[:4]}... in "
+                         f"{config.teacher_path!r}")
+    if hasattr(teacher, "offload"):
+        teacher.offload("cpu")
+    teacher.module.requires_grad_(False).eval()
+    return teacher
+
+
 def condition_ids(adapter: ConditionedModel, names, family: str) -> list[int]:
     """Condition ids of ``names`` (prompts for a text family, class ids or names otherwise)."""
     text = family_of(family).text

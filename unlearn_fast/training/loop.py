@@ -55,7 +55,7 @@ from .checkpoints import (METRICS_FILE, STATE_FILE, find_latest_checkpoint, find
                           verify_checkpoint)
 from .data import SampleSource, images_source, mnist_source, pool_source
 from .lock import OutputInUseError, RunLock
-from .loading import add_lora, build_method, condition_ids, load_model
+from .loading import add_lora, build_method, condition_ids, load_model, load_teacher
 from .rng import derive_seed, set_rng_state
 
 
@@ -289,7 +289,7 @@ def _build(config: TrainConfig, accelerator, resume_dir: Path | None) -> _Run:
     lora = config.train_params == "lora"
     if lora:
         add_lora(adapter, config)
-    teacher = adapter.teacher()
+    teacher = load_teacher(config, adapter, family, device=device)
     source, forget_ids, retain_ids = _source(config, adapter, teacher, scheduler, family, forget_ids, retain_ids,
                                              accelerator, out)
     source.to(device)
