@@ -189,6 +189,23 @@ def run_continual_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
+    from .attacks import AttackSettings
+
+    add_dataclass_arguments(parser, AttackSettings)
+
+
+def run_attack_command(args: argparse.Namespace) -> int:
+    from .attacks import AttackSettings, run_attack
+    from .flags import build_dataclass
+
+    try:
+        run_attack(build_dataclass(AttackSettings, dataclass_overrides(args, AttackSettings)))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+    return 0
+
+
 def _lazy(module: str, add: str, run: str):
     """``(add_arguments, run)`` of a subcommand whose module is imported only when it is used;
     its ``ValueError``s become one ``error:`` line (exit 2)."""
@@ -213,6 +230,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
                   "a sequence of unlearning requests (lacu, constrained, naive, l2, simultaneous), evaluated after each"),
     "sample": (*_lazy(".sample_grid", "add_sample_arguments", "run_sample_command"),
                "a PNG grid of a model's samples, one row per prompt (--compare: a second model side by side)"),
+    "attack": (add_attack_arguments, run_attack_command,
+               "attack a model: bring an erased concept back (embedding, inversion, relearn, resurgence)"),
     "eval": (*_lazy(".eval.command", "add_eval_arguments", "run_eval_command"),
              "the embedded evaluator's metrics on a model trained from an embedded one"),
 }

@@ -1,0 +1,137 @@
+"""Attacks on the embedded class model: each brings a digit back where it is only hidden, and bad inputs get one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from unlearn_fast.attacks import AttackSettings, AttackedModel, attack_target, build_context, run_attack
+from unlearn_fast.config import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def hidden_seven(tmp_path_factory) -> str:
+    """The embedded class model with 7's class embedding replaced by 1's: it draws a 1 for "7",
+    but everything that drew a 7 is still in the network (hidden, not erased)."""
+    from unlearn_fast.asset_files import require_embedded
+
+    folder = tmp_path_factory.mktemp("hidden") / "model"
+    shutil.copytree(require_embedded("class_ddpm"), folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    table = state["class_embedding.weight"].clone()
+    table[7] = table[1]
+    state["class_embedding.weight"] = table
+    save_file(state, str(weights))
+    return str(folder)
+
+
+def _settings(tmp_path, **kw) -> AttackSettings:
+    values = dict(concept="7", samples=32, eval_steps=10, fid=False, out=str(tmp_path / "out"), seed=0)
+    values.update(kw)
+    return AttackSettings(**values)
+
+
+def test_the_attacked_condition_reads_the_free_embedding_and_nothing_else():
+    from unlearn_fast.models_zoo import load_embedded
+
+    for kind in ("class", "text"):
+        model, _ = load_embedded(kind)
+        attacked = AttackedModel(model, 7)
+        x, t = torch.randn(4, 1, 16, 16), torch.full((4,), 500)
+        ids = torch.tensor([7, attacked.attack_id, 3, attacked.attack_id])
+        with torch.no_grad():
+            same = attacked.predict(x, t, ids)
+            plain = model.predict(x, t, torch.tensor([7, 7, 3, 7]))
+        assert torch.allclose(same, plain, atol=1e-5), kind  # starts as the concept's own conditioning
+        attacked.predict(x, t, ids).pow(2).sum().backward()
+        assert attacked.embedding.grad is not None and attacked.embedding.grad.abs().sum() > 0
+        with torch.no_grad():
+            attacked.embedding.add_(torch.randn_like(attacked.embedding))  # (a constant shift: LayerNorm removes it)
+            moved = attacked.predict(x, t, ids)
+        assert torch.allclose(moved[[0, 2]], plain[[0, 2]], atol=1e-5)  # other rows unchanged
+        assert not torch.allclose(moved[[1, 3]], plain[[1, 3]], atol=1e-3)
+
+
+def test_inversion_recovers_a_hidden_digit(hidden_seven, tmp_path):
+    report = run_attack(_settings(tmp_path, attack="inversion", model_path=hidden_seven, steps=60, k=16), log=lambda *_: None)
+    assert report["asr_before"] <= 0.2  # the model draws 1 for "7"
+    assert report["asr"] >= 0.6, report["asr"]
+    assert report["budget"]["k"] == 16 and len(report["curve"]) == 60
+    assert json.load(open(tmp_path / "out" / "report.json"))["asr"] == report["asr"]
+    assert (tmp_path / "out" / "attack.png").stat().st_size > 0
+
+
+def test_relearn_recovers_a_hidden_digit_with_a_per_step_curve(hidden_seven, tmp_path):
+    report = run_attack(_settings(tmp_path, attack="relearn", model_path=hidden_seven, steps=20, k=16, asr_every=10),
+                        log=lambda *_: None)
+    steps = [p["step"] for p in report["per_step_asr"]]
+    assert steps == [0, 10, 20]
+    assert report["per_step_asr"][0]["asr"] == pytest.approx(report["asr_before"], abs=1e-4)
+    assert report["asr_before"] <= 0.2
+    best = max(p["asr"] for p in report["per_step_asr"])
+    assert best >= 0.3 and best >= report["asr_before"] + 0.25, report["per_step_asr"]  # 20 steps on 16 images
+
+
+def test_resurgence_trains_on_retained_digits_only(hidden_seven, tmp_path):
+    ctx = build_context(_settings(tmp_path, attack="resurgence", model_path=hidden_seven, k=32))
+    assert "7" not in ctx.target.retained_conditions[:32]
+    report = run_attack(_settings(tmp_path, attack="resurgence", model_path=hidden_seven, steps=4, k=32, asr_every=2),
+                        log=lambda *_: None)
+    assert [p["step"] for p in report["per_step_asr"]] == [0, 2, 4] and report["budget"]["k"] == 32
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(concept="12"), "concept: expected a digit 0-9"),
+    (dict(concept="purple", model="shapes"), "concept: expected an object"),
+    (dict(attack="inversion", k=100000), "k: expected at most"),
+    (dict(attack="resurgence", k=100000), "k: expected at most"),
+    (dict(init="eleven", attack="inversion"), "init: expected a digit 0-9"),
+])
+def test_bad_attack_inputs_get_one_error_naming_the_argument(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_attack(_settings(tmp_path, steps=1, samples=2, eval_steps=1, **kw), log=lambda *_: None)
+
+
+def test_a_model_without_the_concepts_condition_is_named(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = tmp_path / "six_classes"
+    UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4, num_class_embeds=6).save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=10).save_pretrained(folder)
+    with pytest.raises(ValueError, match="concept: the model has no condition '7'"):
+        build_context(_settings(tmp_path, model_path=str(folder)))
+
+
+def test_attack_settings_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="model_path: expected a model folder"):
+        _settings(tmp_path, model_path=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="samples: expected an int >= 1"):
+        _settings(tmp_path, samples=0)
+    with pytest.raises(ConfigError, match="attack"):
+        _settings(tmp_path, attack="prompt-injection")
+
+
+def test_the_attack_command_prints_one_error_line(capsys):
+    from unlearn_fast.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--concept", "12", "--steps", "1", "--samples", "2", "--no-fid"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
+    assert e.value.code == 2 and len(err) == 1 and "concept: expected a digit" in err[0], err
+
+
+def test_shapes_targets_read_objects_styles_and_combinations():
+    star = attack_target("shapes", "star")
+    combo = attack_target("shapes", "hollow star")
+    assert star.condition == "a star" and combo.condition == "a hollow star"
+    assert len(star.pool) == 6 * len(combo.pool)  # the star in all 6 styles against one
+    assert "a hollow star" not in combo.retained_conditions and "a hollow circle" in combo.retained_conditions
