@@ -58,7 +58,7 @@ class LacuSettings:
     pool_guidance: float = _help("guidance of the pool's sampler", default=1.0)
     teacher: Literal["previous", "original"] = _help(
         "the frozen teacher of a request's replay and mapping targets: the previous request's model "
-        "(previous) or the original model (original: drift does not compound over requests)", default="previous")
+        "(previous) or the original model (original: drift does not compound over requests)", default="original")
 
     def __post_init__(self):
         check_field_types(self, "lacu.")

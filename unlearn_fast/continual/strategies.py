@@ -256,7 +256,7 @@ class Simultaneous(Strategy):
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Lacu, Constrained, Naive, L2, Simultaneous)}
 #: the method ``unlearn-fast continual`` runs without ``--method``
-DEFAULT_METHOD = "lacu"
+DEFAULT_METHOD = "constrained"
 
 
 def line(method: str, rec: dict) -> str:
