@@ -45,14 +45,14 @@ class TinyModel(ConditionedModel):
         return (m.a[c].view(view) * x_t + m.b[c] + m.s[c].view(view) * torch.tanh(x_t) * (t.to(DT) / T).view(view))
 
 
-def tiny_class_unet(seed: int = 0):
-    """A tiny class-conditional UNet2DModel at 8x8 (11 classes, 10 = null)."""
+def tiny_class_unet(seed: int = 0, *, classes: int = 11, size: int = 8):
+    """A tiny class-conditional UNet2DModel at ``size`` x ``size`` (11 classes, 10 = null, by default)."""
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=11)
+                       attention_head_dim=8, norm_num_groups=4, num_class_embeds=classes)
 
 
 # --- subprocesses (DDP ranks, killed runs) --------------------------------------------------------

@@ -100,12 +100,11 @@ def test_bad_attack_inputs_get_one_error_naming_the_argument(tmp_path, kw, match
 
 
 def test_a_model_without_the_concepts_condition_is_named(tmp_path):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
+    from helpers import tiny_class_unet
 
     folder = tmp_path / "six_classes"
-    UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=8, norm_num_groups=4, num_class_embeds=6).save_pretrained(folder)
+    tiny_class_unet(classes=6, size=16).save_pretrained(folder)
     DDPMScheduler(num_train_timesteps=10).save_pretrained(folder)
     with pytest.raises(ValueError, match="concept: the model has no condition '7'"):
         build_context(_settings(tmp_path, model_path=str(folder)))

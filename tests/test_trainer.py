@@ -410,16 +410,15 @@ def test_teacher_path_makes_another_model_the_teacher(class_dir, tmp_path):
 
 
 def test_teacher_path_errors_name_the_key(class_dir, tmp_path):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
+    from helpers import tiny_class_unet
 
     with pytest.raises(ConfigError, match="teacher_path: no such file or directory"):
         tiny(class_dir, tmp_path / "a", teacher_path=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="teacher_path: a LoRA run's teacher is its base model"):
         tiny(class_dir, tmp_path / "b", teacher_path=class_dir, train_params="lora")
     six = tmp_path / "six"
-    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=8, norm_num_groups=4, num_class_embeds=6).save_pretrained(six)
+    tiny_class_unet(classes=6).save_pretrained(six)
     DDPMScheduler(num_train_timesteps=10).save_pretrained(six)
     with pytest.raises(ValueError, match="teacher_path: expected a model with the conditions of model_path"):
         train(tiny(class_dir, tmp_path / "c", teacher_path=str(six), max_steps=1))
