@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -69,8 +70,6 @@ class AttackSettings:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: expected an int >= 1 or none, got {self.threads}")
         if self.model_path is not None:
-            import os
-
             if not os.path.isdir(self.model_path):
                 raise ConfigError(f"model_path: expected a model folder, got {self.model_path!r} (no such folder)")
 
