@@ -47,7 +47,8 @@ class AttackSettings:
     asr_every: int = _help("fine-tuning attacks: ASR every this many steps (the per-step curve)", default=10)
     fid: bool = _help("also report the attacked model's FID and retain accuracy (the evaluator's samples "
                       "of every other concept)", default=True)
-    fid_per_class: int = _help("samples per retained concept of the FID evaluation", default=50)
+    fid_per_class: int = _help("samples per retained digit of the FID evaluation (shapes: a sixth of it per "
+                                       "object-style combination)", default=50)
     seed: int = _help("seed of the attack's noise and images (the evaluation seeds are the evaluator's)",
                       default=0)
     out: str = _help("folder of the PNG of attacked samples and report.json", default="attack_out")

@@ -31,14 +31,20 @@ def load_model(config: TrainConfig, device="cpu") -> tuple[ConditionedModel, obj
     """``(adapter, scheduler, family)`` for the config's model (before LoRA wrapping); text
     encoders are moved back to the CPU once the run's prompts are encoded."""
     family = family_name(config)
-    fam = family_of(family)
-    adapter, scheduler = load(config.model_path, family, prompts=prompts_of(config) if fam.text else (),
+    adapter, scheduler = _load(config, config.model_path, family, device)
+    adapter.module.train()
+    return adapter, scheduler, family
+
+
+def _load(config: TrainConfig, path: str | None, family: str, device) -> tuple[ConditionedModel, object]:
+    """``(adapter, scheduler)`` of ``path`` with the config's prompts and loading options; text
+    encoders moved back to the CPU once the prompts are encoded."""
+    adapter, scheduler = load(path, family, prompts=prompts_of(config) if family_of(family).text else (),
                               device=device, allow_pickle=config.allow_pickle, resolution=config.resolution,
                               null_class=config.null_class)
     if hasattr(adapter, "offload"):
         adapter.offload("cpu")
-    adapter.module.train()
-    return adapter, scheduler, family
+    return adapter, scheduler
 
 
 def load_teacher(config: TrainConfig, student: ConditionedModel, family: str, device="cpu") -> ConditionedModel:
@@ -46,15 +52,11 @@ def load_teacher(config: TrainConfig, student: ConditionedModel, family: str, de
     student) or a frozen copy of the student."""
     if config.teacher_path is None:
         return student.teacher()
-    fam = family_of(family)
-    teacher, _ = load(config.teacher_path, family, prompts=prompts_of(config) if fam.text else (), device=device,
-                      allow_pickle=config.allow_pickle, resolution=config.resolution, null_class=config.null_class)
+    teacher, _ = _load(config, config.teacher_path, family, device)
     if list(teacher.conditions) != list(student.conditions):
         raise ValueError(f"teacher_path: expected a model with the conditions of model_path, got "
                          f"{len(teacher.conditions)} conditions {list(teacher.conditions)[:4]}... in "
                          f"{config.teacher_path!r}")
-    if hasattr(teacher, "offload"):
-        teacher.offload("cpu")
     teacher.module.requires_grad_(False).eval()
     return teacher
 
