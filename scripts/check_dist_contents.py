@@ -3,7 +3,7 @@
 The wheel: every Python module and every file under ``unlearn_fast/assets/`` in the
 checkout, the Triton kernels
 (``unlearn_fast/kernels/``) and the compiled ``unlearn_fast/_C`` extension. The sdist: the
-same assets, ``csrc/`` and ``kernels/`` (so it builds), ``setup.py`` and ``pyproject.toml``.
+same assets and modules, ``csrc/`` (so it builds), ``setup.py`` and ``pyproject.toml``.
 Usage: python scripts/check_dist_contents.py SDIST.tar.gz WHEEL.whl
 """
 
@@ -42,14 +42,14 @@ def main(sdist: str, wheel: str) -> int:
     in_sdist = {n[len(prefix):] for n in names if n.startswith(prefix)}
 
     problems = []
-    kernels = ["unlearn_fast/kernels/" + os.path.basename(f) for f in tracked("kernels") if f.endswith(".py")]
+    kernels = [f for f in tracked("unlearn_fast/kernels") if f.endswith(".py")]
     modules = [f for f in tracked("unlearn_fast") if f.endswith(".py")]
     for what, lost in (
         ("wheel: Python modules", missing(modules, in_wheel)),
         ("wheel: assets", missing(assets, in_wheel)),
         ("wheel: Triton kernels", missing(kernels, in_wheel)),
         ("sdist: assets", missing(assets, in_sdist)),
-        ("sdist: sources", missing(tracked("csrc", "kernels") + ["setup.py", "pyproject.toml"], in_sdist)),
+        ("sdist: sources", missing(tracked("csrc") + modules + ["setup.py", "pyproject.toml"], in_sdist)),
     ):
         if lost:
             problems.append(f"{what}: {len(lost)} missing, e.g. {lost[:3]}")
@@ -59,7 +59,7 @@ def main(sdist: str, wheel: str) -> int:
         print("check_dist_contents: FAILED:\n  " + "\n  ".join(problems))
         return 1
     print(f"[wheel] contents: all {len(assets)} asset files in the wheel and the sdist; "
-          f"sdist has csrc/ and kernels/; wheel {os.path.getsize(wheel) / 2**20:.1f} MiB, "
+          f"sdist has csrc/ and every module; wheel {os.path.getsize(wheel) / 2**20:.1f} MiB, "
           f"sdist {os.path.getsize(sdist) / 2**20:.1f} MiB")
     return 0
 

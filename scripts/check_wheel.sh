@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The installed package, checked the way a user gets it: builds the sdist, builds the wheel
 # from that sdist (so the sdist is shown to build on its own), checks both hold every file
-# under unlearn_fast/assets/ (and the sdist csrc/ and kernels/), installs the wheel with its
+# under unlearn_fast/assets/ (and the sdist csrc/), installs the wheel with its
 # [diffusers] extra into a fresh virtualenv (torch from the local wheel, nothing else beyond
 # the package index), then from a folder outside the checkout imports it and runs both
 # embedded demos at tiny settings. The build and the virtualenv are cached in .wheel-check/
@@ -18,7 +18,7 @@ start=$SECONDS
 
 # What goes into the sdist and the wheel: every tracked or new file of these paths.
 HASH="$( { echo "$TORCH_SPEC"; git ls-files -co --exclude-standard -- setup.py pyproject.toml MANIFEST.in README.md \
-           csrc kernels unlearn_fast docs | sort | while read -r f; do [ -f "$f" ] && sha256sum "$f"; done; } \
+           csrc unlearn_fast docs | sort | while read -r f; do [ -f "$f" ] && sha256sum "$f"; done; } \
          | sha256sum | cut -c1-16)"
 VENV="$CACHE/venv"
 if [ ! -f "$CACHE/stamp" ] || [ "$(cat "$CACHE/stamp")" != "$HASH" ] || [ ! -x "$VENV/bin/unlearn-fast" ]; then

@@ -1,6 +1,6 @@
 """The Triton kernel of the fused loss, run under the Triton interpreter on the CPU.
 
-Checks the launcher of kernels/fused_eps_loss.py directly (its chunking, layouts and
+Checks the launcher of unlearn_fast/kernels/fused_eps_loss.py directly (its chunking, layouts and
 buffers) against a float64 PyTorch reference of the contract in csrc/fused_eps_loss.h;
 tests/test_fused_eps_loss.py checks it through the public API like every backend. Grids stay small: the interpreter costs 1-2 ms per program.
 bf16 is not tested here (bf16 loads are wrong in the interpreter).

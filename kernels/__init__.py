@@ -1,1 +1,0 @@
-"""Triton kernels of unlearn_fast (installed as ``unlearn_fast.kernels``)."""

@@ -1,0 +1,1 @@
+"""Triton kernels of unlearn_fast and their launchers."""
