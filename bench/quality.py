@@ -35,6 +35,17 @@ CONSTRAINED = {"ru", "fu", "lu"}
 UA_TARGET = 0.99
 
 
+def method_config(method: str, forget: list[int], *, steps: int, output_dir: str, checkpoint_every: int = 0,
+                  **extra) -> TrainConfig:
+    """The run of ``method`` every comparison uses: the demo's batch, learning rate, seed and
+    per-method constants (``extra``: further TrainConfig fields, e.g. ``adversarial=True``)."""
+    demo = DemoSettings()
+    return TrainConfig(method=method, forget=[str(f) for f in forget], max_steps=steps,
+                       batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
+                       output_dir=output_dir, overwrite=True, checkpoint_every=checkpoint_every,
+                       keep_checkpoints=0, log_every=steps, **DEMO_METHOD_DEFAULTS[method], **extra)
+
+
 def ua_trace(evaluator: ClassEvaluator, original, result, forget: list[int]) -> list[tuple[int, float]]:
     """``(step, UA)`` at step 0 and at each checkpoint of the run (forgotten digits only)."""
     model = copy.deepcopy(result.model)
@@ -149,11 +160,8 @@ def main(argv=None) -> int:
     rows = []
     for method in args.methods:
         start = time.perf_counter()
-        config = TrainConfig(method=method, forget=[str(f) for f in args.forget], max_steps=steps,
-                             batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
-                             output_dir=os.path.join("runs", "quality", method), overwrite=True,
-                             checkpoint_every=args.probe_every, keep_checkpoints=0, log_every=steps,
-                             **DEMO_METHOD_DEFAULTS[method])
+        config = method_config(method, args.forget, steps=steps, output_dir=os.path.join("runs", "quality", method),
+                               checkpoint_every=args.probe_every)
         result = train(config)
         seconds = time.perf_counter() - start
         after = public(evaluator.evaluate(result.model, args.forget, original=original))

@@ -1,9 +1,11 @@
-"""Attacks on the embedded class model: each brings a digit back where it is only hidden, and bad inputs get one clear error."""
+"""Attacks on the embedded class model: each brings a digit back where it is only hidden, and bad inputs get one clear error;
+adversarial unlearning: its rows, its inner attack, its exact resume and its settings errors."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,8 +66,33 @@ def test_inversion_recovers_a_hidden_digit(hidden_seven, tmp_path):
     assert report["asr_before"] <= 0.2  # the model draws 1 for "7"
     assert report["asr"] >= 0.6, report["asr"]
     assert report["budget"]["k"] == 16 and len(report["curve"]) == 60
+    curve = report["per_step_asr"]  # read at step 0, every asr_every (10) steps and at the end
+    assert [p["step"] for p in curve] == list(range(0, 61, 10)) and curve[-1]["asr"] == report["asr"]
+    assert curve[0]["asr"] == pytest.approx(report["asr_before"], abs=1e-4)  # it starts from the concept's own
     assert json.load(open(tmp_path / "out" / "report.json"))["asr"] == report["asr"]
     assert (tmp_path / "out" / "attack.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory) -> str:
+    """The embedded class model fine-tuned for 10 steps on the retained digits (nothing erased)."""
+    from unlearn_fast.config import TrainConfig
+    from unlearn_fast.training import train
+
+    out = tmp_path_factory.mktemp("finetuned")
+    torch.set_num_threads(1)
+    return train(TrainConfig(method="finetune", forget=["7"], max_steps=10, batch_size=16, lr=1e-4, progress=False,
+                             output_dir=str(out), log_every=10)).final_dir
+
+
+@pytest.mark.parametrize("which", ["original", "finetuned"])
+def test_inversion_from_another_digit_recovers_seven(which, finetuned, tmp_path):
+    path = None if which == "original" else finetuned
+    report = run_attack(_settings(tmp_path, attack="inversion", model_path=path, init="1", steps=60, k=16),
+                        log=lambda *_: None)
+    assert report["asr_before"] >= 0.9  # the model still draws its 7s
+    assert report["asr_start"] <= 0.2  # the free conditioning starts as a 1
+    assert report["asr"] >= 0.6, report["per_step_asr"]
 
 
 def test_relearn_recovers_a_hidden_digit_with_a_per_step_curve(hidden_seven, tmp_path):
@@ -134,3 +161,63 @@ def test_shapes_targets_read_objects_styles_and_combinations():
     assert star.condition == "a star" and combo.condition == "a hollow star"
     assert len(star.pool) == 6 * len(combo.pool)  # the star in all 6 styles against one
     assert "a hollow star" not in combo.retained_conditions and "a hollow circle" in combo.retained_conditions
+
+
+# --- adversarial unlearning (methods.adversarial) -------------------------------------------------
+
+
+def _adv_config(class_dir, out, **kw):
+    from unlearn_fast.config import TrainConfig
+
+    values = dict(method="ru", forget=["3"], retain=["1", "7"], model_path=class_dir, batch_size=6, max_steps=4,
+                  log_every=1, output_dir=str(out), progress=False, method_kwargs={"bound": 0.05}, adversarial=True,
+                  adversarial_every=2, adversarial_steps=2)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_adversarial_rows_see_the_attacks_conditioning_and_the_attack_follows_the_model(class_dir, tmp_path):
+    from unlearn_fast.methods.adversarial import Adversarial
+    from unlearn_fast.methods.base import FORGET, RETAIN, Batch
+    from unlearn_fast.training import train
+
+    result = train(_adv_config(class_dir, tmp_path / "run"))
+    method = result.method
+    assert isinstance(method, Adversarial) and method.calls == 4
+    start = result.teacher.module.class_embedding.weight[3].float()
+    assert not torch.allclose(method.attacked.embedding.detach(), start)  # two rounds moved it off the concept's
+    assert "adv_inversion_loss" in result.metrics and "ru/lambda[3]" in result.metrics
+    # half of the forget rows read the attack's condition; the retain rows and the teacher's slots are untouched
+    role = torch.tensor([FORGET] * 4 + [RETAIN] * 2)
+    batch = Batch(torch.zeros(6, 1, 8, 8), torch.tensor([3, 3, 3, 3, 1, 7]), role, n_forget=4)
+    plain = method.inner.recipe(batch, torch.ones(6))
+    r = method.recipe(batch, torch.ones(6))
+    assert r.student_cond.tolist() == [method.attacked.attack_id] * 2 + [3, 3, 1, 7]
+    assert torch.equal(r.teacher_conds, plain.teacher_conds) and torch.equal(r.coeffs, plain.coeffs)
+    info = json.loads((Path(result.final_dir) / "unlearn_info.json").read_text())
+    assert info["duals"]["lambdas"] and info["config"]["adversarial"] is True
+
+
+def test_adversarial_resume_is_exact(class_dir, tmp_path):
+    from unlearn_fast.training import train
+
+    from helpers import assert_same_weights
+
+    common = dict(max_steps=6, checkpoint_every=3, keep_checkpoints=0, seed=2, adversarial_every=2)
+    straight = train(_adv_config(class_dir, tmp_path / "straight", **common))
+    half = train(_adv_config(class_dir, tmp_path / "half", **{**common, "max_steps": 3}))
+    assert half.method.calls == 3
+    resumed = train(_adv_config(class_dir, tmp_path / "half", resume="latest", **common))
+    assert resumed.method.calls == 6
+    weights = lambda r: load_file(str(Path(r.final_dir) / "diffusion_pytorch_model.safetensors"))  # noqa: E731
+    assert_same_weights(weights(resumed), weights(straight))
+    assert torch.equal(resumed.method.attacked.embedding.detach(), straight.method.attacked.embedding.detach())
+
+
+def test_adversarial_settings_errors_name_the_key(class_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"^adversarial: .*one concept; got forget = \['3', '5'\]"):
+        _adv_config(class_dir, tmp_path, forget=["3", "5"])
+    with pytest.raises(ConfigError, match=r"^adversarial_share: expected a float in \(0, 1\]"):
+        _adv_config(class_dir, tmp_path, adversarial_share=0.0)
+    with pytest.raises(ConfigError, match=r"^adversarial_every: expected an int >= 1"):
+        _adv_config(class_dir, tmp_path, adversarial_every=0)

@@ -132,13 +132,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for the grid, the run and the model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--adversarial", action="store_true",
+                        help="also erase under the conditioning an inner inversion attack finds (docs/attacks.md)")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = DemoSettings(forget=args.forget, method=args.method, model=args.model, seed=args.seed, out=args.out,
-                            report=args.report, threads=args.threads)
+                            report=args.report, threads=args.threads,
+                            adversarial=args.adversarial)
     if args.steps is not None:
         settings.steps = args.steps
     if args.per_class is not None:

@@ -99,6 +99,10 @@ class TrainConfig:
         adds ``lam * sum ||p - p0||^2`` over the trainable parameters to the loss, ``p0``
         their values at the start of the run, e.g. the previous model of a continual
         sequence; 0: off).
+    Adversarial (``methods.adversarial``, docs/attacks.md): adversarial (off by default: every
+        ``adversarial_every`` steps an inner inversion attack of ``adversarial_steps`` Adam steps
+        at ``adversarial_lr`` finds the conditioning that best recovers the concept, and a share
+        ``adversarial_share`` of the forget rows is trained under it; one forget concept).
     Objective: weighting, snr_gamma, reduction, source (None: the method's default), t_range,
         sampler_steps, guidance_scale (ESD's partial sampling); for flow-matching families the
         timestep density (``timestep_sampling``: uniform, logit_normal with ``logit_mean`` and
@@ -150,6 +154,11 @@ class TrainConfig:
     lora_alpha: Optional[float] = None
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     l2_anchor: float = 0.0
+    adversarial: bool = False
+    adversarial_every: int = 5
+    adversarial_steps: int = 5
+    adversarial_lr: float = 0.1
+    adversarial_share: float = 0.5
 
     weighting: Literal["simple", "kl", "elbo", "snr", "min_snr"] = "simple"
     snr_gamma: Optional[float] = None
@@ -187,7 +196,7 @@ class TrainConfig:
             raise ConfigError(f"method: expected one of {sorted(METHODS)}, got {self.method!r}")
         _check_method_kwargs(self.method, METHODS[self.method], self.method_kwargs)
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "lora_rank", "pool_size", "pool_steps",
-                    "sampler_steps")
+                    "sampler_steps", "adversarial_every", "adversarial_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
@@ -198,6 +207,13 @@ class TrainConfig:
             raise ConfigError(f"forget_fraction: expected a float in [0, 1], got {self.forget_fraction}")
         if not self.l2_anchor >= 0:
             raise ConfigError(f"l2_anchor: expected a float >= 0, got {self.l2_anchor}")
+        if not 0.0 < self.adversarial_share <= 1.0:
+            raise ConfigError(f"adversarial_share: expected a float in (0, 1], got {self.adversarial_share}")
+        if not self.adversarial_lr > 0:
+            raise ConfigError(f"adversarial_lr: expected a float > 0, got {self.adversarial_lr}")
+        if self.adversarial and len(self.forget) != 1:
+            raise ConfigError(f"adversarial: the inner attack optimises one conditioning, so a run erases one "
+                              f"concept; got forget = {self.forget}")
         if not self.lr > 0:
             raise ConfigError(f"lr: expected a float > 0, got {self.lr}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

@@ -73,6 +73,7 @@ class DemoSettings:
     shapes_eval: "ShapesEvalSettings | None" = None  # --model shapes: the evaluation (default: ShapesEvalSettings())
     forget_per_combo: int = 32  # --model shapes: training images per combination showing the concept
     retain_per_combo: int = 8  # --model shapes: training images per other combination
+    adversarial: bool = False  # train under an inner inversion attack's conditioning too (methods.adversarial)
 
 
 def _paraphrase_ua(evaluator: ClassEvaluator, original, model, forget: list[int]) -> dict:
@@ -97,6 +98,9 @@ def run_demo(settings: DemoSettings) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if settings.model == "shapes":
+        if settings.adversarial:
+            raise ValueError("adversarial: the shapes demo erases a concept through all its prompts; the inner "
+                             "attack optimises one conditioning, so --adversarial runs on --model class or text")
         from .demo_shapes import run_shapes_demo
 
         return run_shapes_demo(settings, DEMO_METHOD_DEFAULTS[settings.method])
@@ -131,7 +135,7 @@ def run_demo(settings: DemoSettings) -> dict:
         method=settings.method, max_steps=settings.steps, **model_args,
         batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
         output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
-        **DEMO_METHOD_DEFAULTS[settings.method],
+        adversarial=settings.adversarial, **DEMO_METHOD_DEFAULTS[settings.method],
     )
     train_start = time.perf_counter()
     result = train(config)
@@ -160,7 +164,7 @@ def run_demo(settings: DemoSettings) -> dict:
             "prompts": evaluator.prompts,
             "train": {k: v for k, v in vars(config).items() if k in (
                 "method", "method_kwargs", "forget", "max_steps", "batch_size", "lr", "seed", "weighting", "source",
-                "data", "pool_size", "pool_steps", "pool_guidance")},
+                "data", "pool_size", "pool_steps", "pool_guidance") or k.startswith("adversarial")},
             "eval": evaluator.settings_dict(),
             "threads": torch.get_num_threads(),
         },

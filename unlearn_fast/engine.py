@@ -185,9 +185,10 @@ class UnlearningObjective:
         else:
             x_t, t, target = self._from_student(batch, generator)
         w = self.weight_table.to(x_t.device)[self.noising.weight_index(t)]  # .to: a no-op once moved
+        student = self.method.prepare_step(self, batch, generator)
         recipe = self.method.recipe(batch, w)
         slots = self.teacher_slots(x_t, t, target, recipe)
-        pred = self.model.predict(x_t, t, recipe.student_cond)
+        pred = student.predict(x_t, t, recipe.student_cond)
         if pred.dtype != x_t.dtype:
             slots = [s.to(pred.dtype) for s in slots]
         refine = getattr(self.method, "refine", None)

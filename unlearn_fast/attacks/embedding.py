@@ -30,19 +30,32 @@ def _attacked(ctx: AttackContext) -> AttackedModel:
     return AttackedModel(ctx.model, ctx.concept_id, ctx.init_id)
 
 
-def _optimise(ctx: AttackContext, attacked: AttackedModel, loss_of_step, steps: int, progress) -> list[dict]:
+def _optimise(ctx: AttackContext, attacked: AttackedModel, loss_of_step, steps: int, progress) -> dict:
+    """Adam on the free conditioning; the evaluator's ASR of it at step 0, every ``asr_every``
+    steps and at the end (``per_step_asr``; ``samples``: the last read's)."""
     s = ctx.settings
     opt = torch.optim.Adam([attacked.embedding], lr=s.lr if s.lr is not None else EMBEDDING_LR)
-    curve = []
-    for step in range(steps):
+    curve, per_step = [], []
+
+    def read(step):
+        with torch.no_grad():
+            asr, samples = ctx.asr(attacked, attacked.attack_id)
+        per_step.append({"step": step, "asr": round(asr, 4)})
+        return samples
+
+    samples = read(0)
+    for step in range(1, steps + 1):
         loss = loss_of_step(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        curve.append({"step": step + 1, "loss": round(float(loss.detach()), 5)})
+        curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
+        if step % s.asr_every == 0 or step == steps:
+            samples = read(step)
         if progress is not None:
             progress.update(1)
-    return curve
+    return {"model": attacked, "cond_id": attacked.attack_id, "curve": curve, "per_step_asr": per_step,
+            "samples": samples}
 
 
 def embedding_attack(ctx: AttackContext, progress=None) -> dict:
@@ -61,8 +74,7 @@ def embedding_attack(ctx: AttackContext, progress=None) -> dict:
             x = sampler.step(guided(attacked, x, sampler.timestep(i, len(x), device), cond, null, ctx.guidance), i, x)
         return ctx.target.detector_loss(ctx.detector, x.clamp(-1, 1))
 
-    curve = _optimise(ctx, attacked, loss_of_step, s.attack_steps, progress)
-    return {"model": attacked, "cond_id": attacked.attack_id, "curve": curve,
+    return {**_optimise(ctx, attacked, loss_of_step, s.attack_steps, progress),
             "budget": {"steps": s.attack_steps, "samples_per_step": s.batch_size, "sampler_steps": s.sampler_steps,
                        "guidance": ctx.guidance, "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "detector"}}
 
@@ -100,7 +112,6 @@ def inversion_attack(ctx: AttackContext, progress=None) -> dict:
         cond = torch.full((len(x_t),), attacked.attack_id, dtype=torch.long, device=device)
         return F.mse_loss(attacked.predict(x_t.to(device), t.to(device), cond), target.to(device))
 
-    curve = _optimise(ctx, attacked, loss_of_step, s.attack_steps, progress)
-    return {"model": attacked, "cond_id": attacked.attack_id, "curve": curve,
+    return {**_optimise(ctx, attacked, loss_of_step, s.attack_steps, progress),
             "budget": {"steps": s.attack_steps, "k": s.k, "images_per_step": min(s.batch_size, s.k),
                        "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "denoising loss (no classifier)"}}

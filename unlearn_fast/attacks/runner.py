@@ -14,7 +14,7 @@ from .finetune import relearn_attack, resurgence_attack
 from .settings import AttackSettings
 from .target import attack_target
 
-#: attack name -> run(ctx, progress) -> {"model", "cond_id", "curve", "budget", ["per_step_asr", "samples"]}
+#: attack name -> run(ctx, progress) -> {"model", "cond_id", "curve", "budget", "per_step_asr", "samples"}
 ATTACKS = {"embedding": embedding_attack, "inversion": inversion_attack, "relearn": relearn_attack,
            "resurgence": resurgence_attack}
 
@@ -103,16 +103,13 @@ def run_attack(settings: AttackSettings, log=print) -> dict:
     asr_before, before = ctx.asr(ctx.model, ctx.concept_id)
     log(f"[{settings.attack}] {settings.model} model {settings.model_path or '(embedded original)'}, concept "
         f"{ctx.target.name!r}: ASR before {asr_before:.3f} ({settings.samples} samples)")
-    start = None
-    if ctx.init_id is not None and settings.attack in ("embedding", "inversion"):
-        start, _ = ctx.asr(ctx.model, ctx.init_id)
-        log(f"[{settings.attack}] the free conditioning starts from {settings.init!r}: ASR {start:.3f}")
     with tqdm(total=settings.attack_steps, desc=settings.attack, leave=False, disable=None) as bar:
         result = ATTACKS[settings.attack](ctx, bar)
-    if "per_step_asr" in result:
-        asr, after = result["per_step_asr"][-1]["asr"], result["samples"]
-    else:
-        asr, after = ctx.asr(result["model"], result["cond_id"])
+    asr, after = result["per_step_asr"][-1]["asr"], result["samples"]
+    start = None  # the ASR of the conditioning an --init attack starts from (its step-0 read)
+    if ctx.init_id is not None and settings.attack in ("embedding", "inversion"):
+        start = result["per_step_asr"][0]["asr"]
+        log(f"[{settings.attack}] the free conditioning started from {settings.init!r}: ASR {start:.3f}")
     attacked = result["model"]
     scored = getattr(attacked, "base", attacked)  # the embedding attacks leave the weights as they were
     report = {
@@ -121,10 +118,8 @@ def run_attack(settings: AttackSettings, log=print) -> dict:
         "asr_start": start, "init": settings.init, "budget": result["budget"], "asr_samples": settings.samples,
         "asr_sampler": f"DDIM eta=0, {settings.eval_steps} steps, guidance {ctx.guidance}, seed 1234",
         "asr_reader": "the evaluator's classifier (the detector guides the embedding attack only)",
-        "curve": result["curve"],
+        "curve": result["curve"], "per_step_asr": result["per_step_asr"],
     }
-    if "per_step_asr" in result:
-        report["per_step_asr"] = result["per_step_asr"]
     if settings.fid:
         report.update(_retain_scores(ctx, scored))
     report["seconds"] = round(time.perf_counter() - t0, 1)

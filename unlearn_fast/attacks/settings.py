@@ -44,7 +44,7 @@ class AttackSettings:
                    default=16)
     samples: int = _help("samples the evaluator reads for each ASR", default=100)
     eval_steps: int = _help("DDIM steps of the ASR and FID samplers", default=20)
-    asr_every: int = _help("fine-tuning attacks: ASR every this many steps (the per-step curve)", default=10)
+    asr_every: int = _help("ASR every this many attack steps (the per-step curve, per_step_asr)", default=10)
     fid: bool = _help("also report the attacked model's FID and retain accuracy (the evaluator's samples "
                       "of every other concept)", default=True)
     fid_per_class: int = _help("samples per retained digit of the FID evaluation (shapes: a sixth of it per "

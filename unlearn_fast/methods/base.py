@@ -86,6 +86,11 @@ class Method:
     def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
         """Dual update from this step's distances (methods without duals do nothing)."""
 
+    def prepare_step(self, objective, batch: Batch, generator) -> "object":
+        """The model the step's student pass uses (``objective.model``; ``Adversarial``
+        returns the student with an attack's conditioning added)."""
+        return objective.model
+
     def metrics(self) -> dict[str, float]:
         return {}
 

@@ -270,10 +270,10 @@ def save_final(out: Path, module, lora: bool, scheduler, adapter, source_dir: st
     base.save_pretrained(str(denoiser_dir), safe_serialization=True)
     if sub is None:
         scheduler.save_pretrained(str(tmp))
-    duals = method.state_dict()
+    duals = method.duals.state_dict() if method.duals is not None else {}
     info = {"step": step, "method": config.method, "family": adapter.family, "forget": list(config.forget),
             "retain": list(config.retain),
-            "duals": {k: v.tolist() for k, v in duals.get("duals", {}).items()} if duals else {},
+            "duals": {k: v.tolist() for k, v in duals.items()},
             "config": config.to_dict()}
     with open(tmp / "unlearn_info.json", "w") as f:
         json.dump(info, f, indent=2, default=str)

@@ -48,6 +48,7 @@ import torch
 from ..config import TrainConfig
 from ..engine import UnlearningObjective
 from ..methods import Method
+from ..methods.adversarial import Adversarial
 from ..models import ConditionedModel, family_of, trainable_parameters
 from ..noising import noising_for
 from .checkpoints import (METRICS_FILE, STATE_FILE, find_latest_checkpoint, find_latest_valid_checkpoint,
@@ -297,6 +298,9 @@ def _build(config: TrainConfig, accelerator, resume_dir: Path | None) -> _Run:
                                    "num_conditions": len(adapter.conditions),
                                    "num_forget_samples": source.num_forget},
                           condition_ids=lambda names: condition_ids(adapter, names, family))
+    if config.adversarial:
+        method = Adversarial(method, forget_ids[0], every=config.adversarial_every, steps=config.adversarial_steps,
+                             lr=config.adversarial_lr, share=config.adversarial_share)
     params = trainable_parameters(adapter.module, config.train_params or method.default_train_params)
     # the L2 anchor's p0: the weights the run starts from (taken before a resume loads a checkpoint)
     anchor = [p.detach().clone() for p in params] if config.l2_anchor > 0 else None

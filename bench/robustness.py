@@ -1,0 +1,255 @@
+"""Robustness of every method's erasure: each unlearned model attacked, beside the original.
+
+For each digit: trains every method exactly as ``bench/quality.py`` does (the demo's steps,
+batch, learning rate, seed and per-method constants), RU once more with ``adversarial=True``
+(``unlearn_fast.methods.adversarial``), and a continual model (``--continual-method`` over
+``--continual-prefix`` then the digit); attacks each with ``--attack`` (the embedding attack
+by default: the detector guides it, the evaluator reads ASR), and the original twice: from
+the digit's own conditioning and from another digit's (``--init``, the attack's own test).
+Then the relearning attack (k = 4 and 16 images, ``--relearn-steps`` steps) on RU and
+adversarial RU. Writes ``robustness.md`` (table and acceptance), ``robustness.json``,
+``asr_vs_steps.png`` (ASR against attack steps per model) and ``relearn.png``.
+
+Finished runs are reused (runs/robustness/...), so an interrupted benchmark resumes.
+
+    python bench/robustness.py --digits 7 2 --threads 1 --out bench/results/robustness
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quality import method_config  # noqa: E402
+
+from unlearn_fast.attacks import AttackSettings, run_attack  # noqa: E402
+from unlearn_fast.demo import DemoSettings  # noqa: E402
+from unlearn_fast.eval.report import write_json  # noqa: E402
+from unlearn_fast.training import train  # noqa: E402
+
+#: model name -> (method, extra TrainConfig fields)
+VARIANTS = {
+    "ru": ("ru", {}),
+    "ru+adversarial": ("ru", {"adversarial": True}),
+    "esd": ("esd", {}),
+    "lu": ("lu", {}),
+    "fu": ("fu", {}),
+    "ablation": ("ablation", {}),
+    "neggrad": ("neggrad", {}),
+}
+#: acceptance of issue 17 (adversarial RU against plain RU)
+ASR_RATIO, FID_RATIO, RETAIN_DROP = 0.5, 1.3, 0.03
+
+
+def _same_config(folder: str, config) -> bool:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(os.path.join(folder, "final", "unlearn_info.json")) or not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        saved = json.load(f)
+    want = json.loads(json.dumps(config.to_dict(), default=str))
+    return {k: v for k, v in saved.items() if k != "resume"} == {k: v for k, v in want.items() if k != "resume"}
+
+
+def train_variant(name: str, digit: int, steps: int, root: str, log) -> tuple[str, float | None]:
+    """``(final model folder, training seconds)``; a finished identical run is reused."""
+    method, extra = VARIANTS[name]
+    out = os.path.join(root, f"d{digit}", name.replace("+", "_"))
+    config = method_config(method, [digit], steps=steps, output_dir=out, **extra)
+    timing = os.path.join(out, "timing.json")
+    if _same_config(out, config) and os.path.isfile(timing):
+        with open(timing) as f:
+            return os.path.join(out, "final"), json.load(f)["seconds"]
+    log(f"[train] {name} forget {digit} ({steps} steps)")
+    start = time.perf_counter()
+    result = train(config)
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(timing, {"seconds": seconds})
+    return result.final_dir, seconds
+
+
+def continual_model(digit: int, prefix: list[int], method: str, root: str, threads, log) -> tuple[str, float]:
+    """The model after a continual run over ``prefix`` then ``digit`` (the last request's)."""
+    from unlearn_fast.continual import run_continual
+    from unlearn_fast.continual.settings import ContinualSettings
+
+    out = os.path.join(root, f"d{digit}", f"continual_{method}")
+    path = os.path.join(out, "report.json")
+    sequence = [c for c in prefix if c != digit] + [digit]
+    if not os.path.isfile(path):
+        log(f"[continual] {method} over {sequence}")
+        run_continual(ContinualSettings(sequence=sequence, methods=[method], out=out, threads=threads), log=log)
+    with open(path) as f:
+        report = json.load(f)
+    run = report["methods"][method]
+    return run["steps"][-1]["model_dir"], run["seconds"]
+
+
+def attack(model_dir: str | None, digit: int, kind: str, out: str, *, init=None, steps=None, k=16, asr_every=20,
+           threads=None, fid=True, log=print) -> dict:
+    path = os.path.join(out, "report.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    settings = AttackSettings(model="class", model_path=model_dir, concept=str(digit), attack=kind, init=init,
+                              steps=steps, k=k, asr_every=asr_every, fid=fid, out=out, threads=threads)
+    return run_attack(settings, log=log)
+
+
+def run_digit(digit: int, args, log) -> dict:
+    root = args.runs
+    att = os.path.join(args.runs, f"d{digit}", "attacks")
+    init = str(args.init_from if args.init_from != digit else (digit + 1) % 10)
+    rows = {"original": {"model_dir": None, "train_seconds": None},
+            f"original, from {init}": {"model_dir": None, "train_seconds": None, "init": init}}
+    for name in args.variants:
+        rows[name] = dict(zip(("model_dir", "train_seconds"), train_variant(name, digit, args.steps, root, log)))
+    cont = f"continual {args.continual_method}"
+    rows[cont] = dict(zip(("model_dir", "train_seconds"),
+                          continual_model(digit, args.continual_prefix, args.continual_method, root, args.threads,
+                                          log)))
+    for name, row in rows.items():
+        rep = attack(row["model_dir"], digit, args.attack, os.path.join(att, name.replace(" ", "_").replace(",", "")),
+                     init=row.get("init"), steps=args.attack_steps, threads=args.threads, log=log)
+        row.update({key: rep.get(key) for key in ("asr_before", "asr", "asr_start", "fid", "retain_acc", "seconds",
+                                                  "per_step_asr", "budget")})
+    relearn = {}
+    for name in ("ru", "ru+adversarial"):
+        if name not in rows:
+            continue
+        for k in (4, 16):
+            rep = attack(rows[name]["model_dir"], digit, "relearn",
+                         os.path.join(att, f"relearn_k{k}_{name.replace('+', '_')}"), steps=args.relearn_steps, k=k,
+                         asr_every=10, threads=args.threads, fid=False, log=log)
+            relearn[f"{name}, k={k}"] = {"per_step_asr": rep["per_step_asr"], "budget": rep["budget"]}
+    return {"digit": digit, "models": rows, "relearn": relearn, "acceptance": acceptance(rows)}
+
+
+def acceptance(rows: dict) -> dict | None:
+    if "ru" not in rows or "ru+adversarial" not in rows:
+        return None
+    orig, ru, adv = rows["original"], rows["ru"], rows["ru+adversarial"]
+    checks = {
+        f"adversarial ASR <= {ASR_RATIO} x RU's": adv["asr"] <= ASR_RATIO * ru["asr"],
+        f"adversarial FID <= {FID_RATIO} x original's": adv["fid"] <= FID_RATIO * orig["fid"],
+        f"adversarial retain drop <= {RETAIN_DROP * 100:.0f} points": orig["retain_acc"] - adv["retain_acc"]
+        <= RETAIN_DROP,
+    }
+    return {"checks": checks, "pass": all(checks.values())}
+
+
+def _f(v, fmt=".3f"):
+    return "-" if v is None else format(v, fmt)
+
+
+def render(data: dict, out: str) -> str:
+    lines = [f"Attack: {data['attack']} ({data['budget']}); ASR read by the evaluator's classifier on "
+             f"{data['asr_samples']} samples ({data['asr_sampler']}); FID and retain accuracy of each attacked "
+             f"model: {data['fid_samples']} samples per retained digit. Methods trained as bench/quality.py "
+             f"({data['steps']} steps, the demo's constants). UA = 1 - ASR before.", ""]
+    for d in data["digits"]:
+        lines += [f"## Digit {d['digit']}", "",
+                  "| model | UA | ASR before | ASR after attack | FID | retain acc | train s | attack s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in d["models"].items():
+            before = r["asr_start"] if r.get("init") else r["asr_before"]
+            ua = "-" if r.get("init") else _f(1 - r["asr_before"])
+            lines.append(f"| {name} | {ua} | {_f(before)} | {_f(r['asr'])} | {_f(r['fid'], '.2f')} | "
+                         f"{_f(r['retain_acc'])} | {_f(r['train_seconds'], '.0f')} | {_f(r['seconds'], '.0f')} |")
+        acc = d["acceptance"]
+        if acc:
+            lines += ["", "Adversarial RU against RU: " + "; ".join(
+                f"{k}: {'yes' if v else 'NO'}" for k, v in acc["checks"].items()) +
+                f" -> {'PASS' if acc['pass'] else 'FAIL'}"]
+        if d["relearn"]:
+            lines += ["", "Relearning (ASR at step 0, 10, 50): " + "; ".join(
+                f"{name}: " + ", ".join(f"{p['asr']:.2f}" for p in r["per_step_asr"] if p["step"] in (0, 10, 50))
+                for name, r in d["relearn"].items())]
+        lines.append("")
+    table = "\n".join(lines)
+    with open(os.path.join(out, "robustness.md"), "w") as f:
+        f.write(f"# Robustness, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n")
+    plot(data, out)
+    return table
+
+
+def plot(data: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(data["digits"])
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    for ax, d in zip(axes[0], data["digits"]):
+        for name, r in d["models"].items():
+            steps, asr = zip(*[(p["step"], p["asr"]) for p in r["per_step_asr"]])
+            ax.plot(steps, asr, "--" if name.startswith("original") else "o-", ms=3, label=name)
+        ax.set_title(f"digit {d['digit']}: {data['attack']} attack")
+        ax.set_xlabel("attack step")
+        ax.set_ylabel("ASR (evaluator)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "asr_vs_steps.png"), dpi=120)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+    for ax, d in zip(axes[0], data["digits"]):
+        for name, r in d["relearn"].items():
+            steps, asr = zip(*[(p["step"], p["asr"]) for p in r["per_step_asr"]])
+            ax.plot(steps, asr, ("-" if "adversarial" in name else "--") + ("o" if "k=16" in name else "s"), ms=3,
+                    label=name)
+        ax.set_title(f"digit {d['digit']}: relearning (fine-tuning on k images)")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("ASR (evaluator)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "relearn.png"), dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits", type=int, nargs="+", default=[7, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--attack", default="embedding", choices=["embedding", "inversion"])
+    parser.add_argument("--attack-steps", type=int, default=None, help="(default: the attack's)")
+    parser.add_argument("--relearn-steps", type=int, default=50)
+    parser.add_argument("--init-from", type=int, default=1,
+                        help="the digit the original's second attack starts from (the next digit if equal)")
+    parser.add_argument("--continual-method", default="lacu")
+    parser.add_argument("--continual-prefix", type=int, nargs="+", default=[5],
+                        help="requests of the continual run before the digit")
+    parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: the demo's)")
+    parser.add_argument("--runs", default="runs/robustness")
+    parser.add_argument("--out", default="bench/results/robustness")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--render", metavar="JSON", default=None, help="only redraw from a robustness.json")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.render:
+        with open(args.render) as f:
+            print(render(json.load(f), args.out))
+        return 0
+    args.steps = args.steps or DemoSettings().steps
+    digits = [run_digit(d, args, print) for d in args.digits]
+    first = digits[0]["models"]["original"]
+    data = {"date": datetime.date.today().isoformat(), "attack": args.attack, "budget": first["budget"],
+            "asr_samples": AttackSettings().samples, "fid_samples": AttackSettings().fid_per_class,
+            "asr_sampler": f"DDIM {AttackSettings().eval_steps} steps, seed 1234", "steps": args.steps,
+            "digits": digits, "command": "python bench/robustness.py " + " ".join(
+                argv if argv is not None else sys.argv[1:])}
+    write_json(os.path.join(args.out, "robustness.json"), data)
+    print(render(data, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
