@@ -3,9 +3,11 @@
 For each digit: trains every method exactly as ``bench/quality.py`` does (the demo's steps,
 batch, learning rate, seed and per-method constants), RU once more with ``adversarial=True``
 (``unlearn_fast.methods.adversarial``), and a continual model (``--continual-method`` over
-``--continual-prefix`` then the digit); attacks each with ``--attack`` (the embedding attack
-by default: the detector guides it, the evaluator reads ASR), and the original twice: from
-the digit's own conditioning and from another digit's (``--init``, the attack's own test).
+``--continual-prefix`` then the digit); attacks each with every attack of ``--attacks`` (by
+default the embedding attack, which the detector guides, and textual inversion, which reads
+no classifier; the evaluator reads every ASR), and the original twice: from the digit's own
+conditioning and from another digit's (``--init``, the attacks' own test). The conditioning
+attacks leave the weights alone, so FID and retain accuracy are each model's, measured once.
 Then the relearning attack (k = 4 and 16 images, ``--relearn-steps`` steps) on RU and
 adversarial RU. Writes ``robustness.md`` (table and acceptance), ``robustness.json``,
 ``asr_vs_steps.png`` (ASR against attack steps per model) and ``relearn.png``.
@@ -93,12 +95,18 @@ def continual_model(digit: int, prefix: list[int], method: str, root: str, threa
 
 def attack(model_dir: str | None, digit: int, kind: str, out: str, *, init=None, steps=None, k=16, asr_every=20,
            threads=None, fid=True, log=print) -> dict:
-    path = os.path.join(out, "report.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+    """The attack's report; one written after the model, with the same settings, is reused."""
     settings = AttackSettings(model="class", model_path=model_dir, concept=str(digit), attack=kind, init=init,
                               steps=steps, k=k, asr_every=asr_every, fid=fid, out=out, threads=threads)
+    path = os.path.join(out, "report.json")
+    info = os.path.join(model_dir, "unlearn_info.json") if model_dir else None
+    model_time = os.path.getmtime(info if os.path.isfile(info) else model_dir) if model_dir else 0.0
+    if os.path.isfile(path) and os.path.getmtime(path) > model_time:
+        with open(path) as f:
+            rep = json.load(f)
+        if rep["budget"]["steps"] == settings.attack_steps and rep.get("init") == init and (
+                rep.get("fid") is not None or not fid):
+            return rep
     return run_attack(settings, log=log)
 
 
@@ -115,10 +123,15 @@ def run_digit(digit: int, args, log) -> dict:
                           continual_model(digit, args.continual_prefix, args.continual_method, root, args.threads,
                                           log)))
     for name, row in rows.items():
-        rep = attack(row["model_dir"], digit, args.attack, os.path.join(att, name.replace(" ", "_").replace(",", "")),
-                     init=row.get("init"), steps=args.attack_steps, threads=args.threads, log=log)
-        row.update({key: rep.get(key) for key in ("asr_before", "asr", "asr_start", "fid", "retain_acc", "seconds",
-                                                  "per_step_asr", "budget")})
+        row["attacks"] = {}
+        for i, kind in enumerate(args.attacks):
+            folder = os.path.join(att, kind, name.replace(" ", "_").replace(",", ""))
+            rep = attack(row["model_dir"], digit, kind, folder, init=row.get("init"), steps=args.attack_steps.get(kind),
+                         asr_every=args.asr_every, threads=args.threads, fid=i == 0, log=log)
+            row["attacks"][kind] = {key: rep.get(key) for key in ("asr_before", "asr", "asr_start", "seconds",
+                                                                  "per_step_asr", "budget")}
+            if i == 0:
+                row.update({key: rep.get(key) for key in ("asr_before", "fid", "retain_acc")})
     relearn = {}
     for name in ("ru", "ru+adversarial"):
         if name not in rows:
@@ -132,15 +145,17 @@ def run_digit(digit: int, args, log) -> dict:
 
 
 def acceptance(rows: dict) -> dict | None:
+    """Adversarial RU against RU, after each attack (``None`` without both models)."""
     if "ru" not in rows or "ru+adversarial" not in rows:
         return None
     orig, ru, adv = rows["original"], rows["ru"], rows["ru+adversarial"]
-    checks = {
-        f"adversarial ASR <= {ASR_RATIO} x RU's": adv["asr"] <= ASR_RATIO * ru["asr"],
-        f"adversarial FID <= {FID_RATIO} x original's": adv["fid"] <= FID_RATIO * orig["fid"],
-        f"adversarial retain drop <= {RETAIN_DROP * 100:.0f} points": orig["retain_acc"] - adv["retain_acc"]
-        <= RETAIN_DROP,
-    }
+    checks = {f"{kind}: adversarial ASR {adv['attacks'][kind]['asr']:.2f} <= {ASR_RATIO} x RU's "
+              f"{ru['attacks'][kind]['asr']:.2f}": adv["attacks"][kind]["asr"] <= ASR_RATIO * ru["attacks"][kind]["asr"]
+              for kind in ru["attacks"]}
+    checks[f"adversarial FID {adv['fid']:.2f} <= {FID_RATIO} x original's {orig['fid']:.2f}"] = (
+        adv["fid"] <= FID_RATIO * orig["fid"])
+    drop = orig["retain_acc"] - adv["retain_acc"]
+    checks[f"adversarial retain drop {drop * 100:.1f} <= {RETAIN_DROP * 100:.0f} points"] = drop <= RETAIN_DROP
     return {"checks": checks, "pass": all(checks.values())}
 
 
@@ -149,32 +164,42 @@ def _f(v, fmt=".3f"):
 
 
 def render(data: dict, out: str) -> str:
-    lines = [f"Attack: {data['attack']} ({data['budget']}); ASR read by the evaluator's classifier on "
-             f"{data['asr_samples']} samples ({data['asr_sampler']}); FID and retain accuracy of each attacked "
-             f"model: {data['fid_samples']} samples per retained digit. Methods trained as bench/quality.py "
-             f"({data['steps']} steps, the demo's constants). UA = 1 - ASR before.", ""]
+    attacks = data["attacks"]
+    budgets = "; ".join(f"{kind}: {data['budgets'][kind]}" for kind in attacks)
+    lines = [f"Attacks ({budgets}); ASR read by the evaluator's classifier on {data['asr_samples']} samples "
+             f"({data['asr_sampler']}); FID and retain accuracy of each model: {data['fid_samples']} samples per "
+             f"retained digit. Methods trained as bench/quality.py ({data['steps']} steps, the demo's constants). "
+             "UA = 1 - ASR before; for the original 'from' rows, ASR before is at the attack's first step "
+             "(the other digit's conditioning).", ""]
     for d in data["digits"]:
         lines += [f"## Digit {d['digit']}", "",
-                  "| model | UA | ASR before | ASR after attack | FID | retain acc | train s | attack s |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | UA | " + " | ".join(f"ASR before, after {kind}" for kind in attacks) +
+                  " | FID | retain acc | train s | " + " | ".join(f"{kind} s" for kind in attacks) + " |",
+                  "|---|---|" + "---|" * len(attacks) + "---|---|---|" + "---|" * len(attacks)]
         for name, r in d["models"].items():
-            before = r["asr_start"] if r.get("init") else r["asr_before"]
             ua = "-" if r.get("init") else _f(1 - r["asr_before"])
-            lines.append(f"| {name} | {ua} | {_f(before)} | {_f(r['asr'])} | {_f(r['fid'], '.2f')} | "
-                         f"{_f(r['retain_acc'])} | {_f(r['train_seconds'], '.0f')} | {_f(r['seconds'], '.0f')} |")
+            cells = []
+            for kind in attacks:
+                a = r["attacks"][kind]
+                before = a["asr_start"] if r.get("init") else a["asr_before"]
+                cells.append(f"{_f(before, '.2f')} -> **{_f(a['asr'], '.2f')}**")
+            times = [_f(r["attacks"][kind]["seconds"], ".0f") for kind in attacks]
+            lines.append(f"| {name} | {ua} | " + " | ".join(cells) + f" | {_f(r['fid'], '.2f')} | "
+                         f"{_f(r['retain_acc'])} | {_f(r['train_seconds'], '.0f')} | " + " | ".join(times) + " |")
         acc = d["acceptance"]
         if acc:
             lines += ["", "Adversarial RU against RU: " + "; ".join(
                 f"{k}: {'yes' if v else 'NO'}" for k, v in acc["checks"].items()) +
                 f" -> {'PASS' if acc['pass'] else 'FAIL'}"]
         if d["relearn"]:
-            lines += ["", "Relearning (ASR at step 0, 10, 50): " + "; ".join(
+            lines += ["", "Relearning (ASR at fine-tuning step 0, 10, 50): " + "; ".join(
                 f"{name}: " + ", ".join(f"{p['asr']:.2f}" for p in r["per_step_asr"] if p["step"] in (0, 10, 50))
                 for name, r in d["relearn"].items())]
         lines.append("")
     table = "\n".join(lines)
     with open(os.path.join(out, "robustness.md"), "w") as f:
-        f.write(f"# Robustness, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n")
+        f.write(f"# Robustness, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n"
+                "![ASR against attack steps](asr_vs_steps.png)\n\n![relearning](relearn.png)\n")
     plot(data, out)
     return table
 
@@ -185,18 +210,19 @@ def plot(data: dict, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(data["digits"])
-    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
-    for ax, d in zip(axes[0], data["digits"]):
-        for name, r in d["models"].items():
-            steps, asr = zip(*[(p["step"], p["asr"]) for p in r["per_step_asr"]])
-            ax.plot(steps, asr, "--" if name.startswith("original") else "o-", ms=3, label=name)
-        ax.set_title(f"digit {d['digit']}: {data['attack']} attack")
-        ax.set_xlabel("attack step")
-        ax.set_ylabel("ASR (evaluator)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    n, attacks = len(data["digits"]), data["attacks"]
+    fig, axes = plt.subplots(len(attacks), n, figsize=(6 * n, 4 * len(attacks)), squeeze=False)
+    for row, kind in zip(axes, attacks):
+        for ax, d in zip(row, data["digits"]):
+            for name, r in d["models"].items():
+                steps, asr = zip(*[(p["step"], p["asr"]) for p in r["attacks"][kind]["per_step_asr"]])
+                ax.plot(steps, asr, "--" if name.startswith("original") else "o-", ms=3, label=name)
+            ax.set_title(f"digit {d['digit']}: {kind} attack")
+            ax.set_xlabel("attack step")
+            ax.set_ylabel("ASR (evaluator)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "asr_vs_steps.png"), dpi=120)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
@@ -219,8 +245,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", type=int, nargs="+", default=[7, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--attack", default="embedding", choices=["embedding", "inversion"])
-    parser.add_argument("--attack-steps", type=int, default=None, help="(default: the attack's)")
+    parser.add_argument("--attacks", nargs="+", default=["embedding", "inversion"], choices=["embedding", "inversion"])
+    parser.add_argument("--embedding-steps", type=int, default=None, help="(default: the attack's)")
+    parser.add_argument("--inversion-steps", type=int, default=None, help="(default: the attack's)")
+    parser.add_argument("--asr-every", type=int, default=20, help="attack steps between ASR readings")
     parser.add_argument("--relearn-steps", type=int, default=50)
     parser.add_argument("--init-from", type=int, default=1,
                         help="the digit the original's second attack starts from (the next digit if equal)")
@@ -239,9 +267,11 @@ def main(argv=None) -> int:
             print(render(json.load(f), args.out))
         return 0
     args.steps = args.steps or DemoSettings().steps
+    args.attack_steps = {"embedding": args.embedding_steps, "inversion": args.inversion_steps}
     digits = [run_digit(d, args, print) for d in args.digits]
     first = digits[0]["models"]["original"]
-    data = {"date": datetime.date.today().isoformat(), "attack": args.attack, "budget": first["budget"],
+    data = {"date": datetime.date.today().isoformat(), "attacks": args.attacks,
+            "budgets": {kind: first["attacks"][kind]["budget"] for kind in args.attacks},
             "asr_samples": AttackSettings().samples, "fid_samples": AttackSettings().fid_per_class,
             "asr_sampler": f"DDIM {AttackSettings().eval_steps} steps, seed 1234", "steps": args.steps,
             "digits": digits, "command": "python bench/robustness.py " + " ".join(

@@ -156,7 +156,7 @@ class TrainConfig:
     l2_anchor: float = 0.0
     adversarial: bool = False
     adversarial_every: int = 5
-    adversarial_steps: int = 5
+    adversarial_steps: int = 10
     adversarial_lr: float = 0.1
     adversarial_share: float = 0.5
 

@@ -35,7 +35,7 @@ class Adversarial(Method):
         share: the share of forget rows that see the attack's conditioning.
     """
 
-    def __init__(self, method: Method, concept: int, *, every: int = 5, steps: int = 5, lr: float = 0.1,
+    def __init__(self, method: Method, concept: int, *, every: int = 5, steps: int = 10, lr: float = 0.1,
                  share: float = 0.5):
         if every < 1 or steps < 1:
             raise ValueError(f"adversarial_every, adversarial_steps: expected ints >= 1, got {every}, {steps}")
