@@ -204,6 +204,15 @@ def render(data: dict, out: str) -> str:
     return table
 
 
+def _style(ax, title: str, xlabel: str, legend_size: int) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ASR (evaluator)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plot(data: dict, out: str) -> None:
     import matplotlib
 
@@ -217,12 +226,7 @@ def plot(data: dict, out: str) -> None:
             for name, r in d["models"].items():
                 steps, asr = zip(*[(p["step"], p["asr"]) for p in r["attacks"][kind]["per_step_asr"]])
                 ax.plot(steps, asr, "--" if name.startswith("original") else "o-", ms=3, label=name)
-            ax.set_title(f"digit {d['digit']}: {kind} attack")
-            ax.set_xlabel("attack step")
-            ax.set_ylabel("ASR (evaluator)")
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _style(ax, f"digit {d['digit']}: {kind} attack", "attack step", 7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "asr_vs_steps.png"), dpi=120)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
@@ -231,12 +235,7 @@ def plot(data: dict, out: str) -> None:
             steps, asr = zip(*[(p["step"], p["asr"]) for p in r["per_step_asr"]])
             ax.plot(steps, asr, ("-" if "adversarial" in name else "--") + ("o" if "k=16" in name else "s"), ms=3,
                     label=name)
-        ax.set_title(f"digit {d['digit']}: relearning (fine-tuning on k images)")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("ASR (evaluator)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, f"digit {d['digit']}: relearning (fine-tuning on k images)", "fine-tuning step", 8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "relearn.png"), dpi=120)
 
