@@ -96,6 +96,38 @@ def resume_training_state(path, model, ema, opt, gen):
     return step, elapsed, loss_avg
 
 
+def init_text_ddpm_from(folder, model, ema):
+    """Warm start: copy the ``unet/`` and ``text_encoder/`` weights of an exported folder (of
+    ``export_text_ddpm``) into both the trained model and its EMA. Returns the folder's
+    ``train_info.json`` (``{}`` when absent). Raises ``SystemExit`` naming the folder when it
+    does not hold both networks or their shapes do not match."""
+    import json
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for part in ("unet", "text_encoder"):
+        path = os.path.join(folder, part, "model.safetensors" if part == "text_encoder" else
+                            "diffusion_pytorch_model.safetensors")
+        if not os.path.isfile(path):
+            raise SystemExit(f"--init-from: expected an exported text DDPM folder with {part}/ weights, "
+                             f"{path} does not exist")
+        state.update({f"{part}.{k}": v for k, v in load_file(path).items()})
+    try:
+        for net in (model, ema):
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if "position_ids" not in k]
+            if missing or unexpected:
+                raise SystemExit(f"--init-from {folder}: weights do not match the model "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    except RuntimeError as e:  # shape mismatch
+        raise SystemExit(f"--init-from {folder}: weights do not match the model ({str(e).splitlines()[0]})")
+    info_path = os.path.join(folder, "train_info.json")
+    info = json.load(open(info_path)) if os.path.isfile(info_path) else {}
+    print(f"initialised from {folder} (step {info.get('steps', '?')} of its own training)", flush=True)
+    return info
+
+
 def batch_indices(n, batch, gen):
     """Endless batches of indices into ``n`` items: a fresh permutation whenever one runs short."""
     perm, pos = torch.randperm(n, generator=gen), 0

@@ -58,8 +58,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from _training import (  # noqa: E402  (scripts/_training.py)
-    TextDDPM, add_ddpm_arguments, batch_indices, export_text_ddpm, lr_at, noised, optimizer_step, resume_training_state,
-    save_training_state,
+    TextDDPM, add_ddpm_arguments, batch_indices, export_text_ddpm, init_text_ddpm_from, lr_at, noised,
+    optimizer_step, resume_training_state, save_training_state,
 )
 from unlearn_fast.data.shapes import (  # noqa: E402
     HELDOUT_COMBO_TEMPLATES,
@@ -75,6 +75,7 @@ from unlearn_fast.data.shapes import (  # noqa: E402
     load_split,
     prompt,
 )
+from unlearn_fast.schedules import timestep_weights  # noqa: E402
 from unlearn_fast.shapes_zoo import (  # noqa: E402
     SHAPES_DDPM_DIR,
     build_shapes_scheduler_config,
@@ -197,6 +198,13 @@ def main():
     ap.add_argument("--anneal-by-time", action="store_true",
                     help="with --max-minutes and a cosine schedule, anneal by this chunk's time budget when it "
                          "is the tighter limit (as pretrain_text_ddpm.py)")
+    ap.add_argument("--init-from", default=None,
+                    help="warm start a new run (no checkpoint yet) from the EMA weights of an exported folder "
+                         "(a copy, not --out, which the run overwrites); its steps and seconds count in "
+                         "train_info.json")
+    ap.add_argument("--min-snr-gamma", type=float, default=0.0,
+                    help="weight each sample's epsilon MSE by min(SNR, gamma) / SNR (Hang et al. 2023; "
+                         "0: the plain MSE)")
     # quality check mode
     ap.add_argument("--quality-check", "--check", dest="check", action="store_true",
                     help="only run the quality check of --out and exit")
@@ -215,6 +223,10 @@ def main():
             ap.error(f"--{name.replace('_', '-')}: expected a probability in [0, 1], got {getattr(args, name)}")
     if args.p_object + args.p_style > 1.0:
         ap.error(f"--p-object + --p-style: expected at most 1, got {args.p_object + args.p_style}")
+    if args.min_snr_gamma < 0:
+        ap.error(f"--min-snr-gamma: expected gamma >= 0 (0: off), got {args.min_snr_gamma}")
+    if args.init_from and os.path.abspath(args.init_from) == os.path.abspath(args.out):
+        ap.error("--init-from: expected a copy of the exported folder, not --out itself (the run overwrites --out)")
     if args.n_per_combo < 1:
         ap.error(f"--n-per-combo: expected a positive count, got {args.n_per_combo}")
 
@@ -245,7 +257,11 @@ def main():
                           truncation=True, return_tensors="pt").input_ids
 
     step, elapsed, loss_avg = 0, 0.0, None
-    if not args.no_resume and os.path.exists(args.ckpt):
+    resuming = not args.no_resume and os.path.exists(args.ckpt)
+    init_info = {}
+    if args.init_from:
+        init_info = init_text_ddpm_from(args.init_from, model, ema)  # overwritten below when resuming
+    if resuming:
         step, elapsed, loss_avg = resume_training_state(args.ckpt, model, ema, opt, gen)
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
@@ -254,10 +270,12 @@ def main():
           f"{len(x_train)} training images at {SHAPES_IMAGE_SIZE}x{SHAPES_IMAGE_SIZE}", flush=True)
 
     alphas_cumprod = scheduler.alphas_cumprod.float()
+    sample_weight = (timestep_weights(scheduler, "min_snr", snr_gamma=args.min_snr_gamma)
+                     if args.min_snr_gamma > 0 else None)
     budget_s = args.time_budget_minutes * 60
 
     def info():
-        return dict(
+        d = dict(
             steps=step, seconds=round(elapsed, 1), batch=args.batch, lr=args.lr, schedule=args.schedule,
             warmup=args.warmup, target_steps=args.steps, time_budget_minutes=args.time_budget_minutes,
             anneal_by_time=args.anneal_by_time, ema_decay=args.ema_decay, p_uncond=args.p_uncond,
@@ -268,7 +286,17 @@ def main():
             prompts="shapes.TRAIN_COMBO/OBJECT/STYLE_TEMPLATES (kind by p_object / p_style, template uniform)",
             null_prompt="", unet_params=n_unet, text_encoder_params=n_text,
             weights="EMA (UNet and text encoder trained jointly from scratch)",
+            min_snr_gamma=args.min_snr_gamma or None,
         )
+        if init_info:
+            prior_steps = init_info.get("total_steps", init_info.get("steps")) or 0
+            prior_seconds = init_info.get("total_seconds", init_info.get("seconds")) or 0.0
+            d.update(init_from=dict(steps=init_info.get("steps"), seconds=init_info.get("seconds"),
+                                    lr=init_info.get("lr"), min_snr_gamma=init_info.get("min_snr_gamma")),
+                     total_steps=step + prior_steps, total_seconds=round(elapsed + prior_seconds, 1),
+                     weights="EMA (UNet and text encoder trained jointly from scratch, then warm-started "
+                             "from init_from's EMA weights)")
+        return d
 
     def checkpoint():
         save_training_state(args.ckpt, model, ema, opt, gen, step, elapsed, loss_avg, args)
@@ -300,7 +328,10 @@ def main():
                 time_progress = chunk if time_progress is None else max(time_progress, chunk)
         lr = lr_at(step, args.steps, args.lr, args.warmup, args.schedule, time_progress=time_progress)
         pred = model(xt, t, input_ids, prompt_ids)
-        loss = F.mse_loss(pred, noise)
+        if sample_weight is None:
+            loss = F.mse_loss(pred, noise)
+        else:
+            loss = (sample_weight[t] * (pred - noise).square().mean(dim=(1, 2, 3))).mean()
         step = optimizer_step(model, ema, opt, loss, lr, step, args.grad_clip, args.ema_decay)
         loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
         elapsed = time.time() - t0
