@@ -323,6 +323,54 @@ def test_dual_total_cap_keeps_tilted_target_finite():
     assert d.lambdas.sum().item() == pytest.approx(0.95) and bool((d.lambdas <= 0.9).all())
 
 
+def test_dual_pi_update_adds_the_error_change():
+    # e = b - ghat (geq); first update has no previous error: plain ascent; then + kp * (e - e_prev)
+    d = DualVariables(2, 1.0, lr=0.5, lambda_max=10.0, init=1.0, ema=1.0, kp=2.0)
+    d.update(torch.tensor([0, 1]), torch.tensor([0.2, 0.6]))  # e = 0.8, 0.4
+    torch.testing.assert_close(d.lambdas, torch.tensor([1.4, 1.2], dtype=DT))
+    d.update(torch.tensor([0]), torch.tensor([0.7]))  # e0 = 0.3: 1.4 + 0.5 * 0.3 + 2 * (0.3 - 0.8)
+    assert d.lambdas[0].item() == pytest.approx(1.4 + 0.15 - 1.0)
+    assert d.lambdas[1].item() == pytest.approx(1.2)  # unseen: lambda and last error kept
+    d.update(torch.tensor([1]), torch.tensor([0.6]))  # e1 unchanged (0.4): no proportional step
+    assert d.lambdas[1].item() == pytest.approx(1.4)
+    # the last error is part of the state: a round trip resumes the same update
+    e = DualVariables(2, 1.0, lr=0.5, lambda_max=10.0, ema=1.0, kp=2.0)
+    e.load_state_dict(d.state_dict())
+    for x in (d, e):
+        x.update(torch.tensor([0, 1]), torch.tensor([0.0, 1.5]))
+    torch.testing.assert_close(d.lambdas, e.lambdas)
+    # a state of before the PI update (no "error") loads: the next step is plain ascent
+    old = {k: v for k, v in d.state_dict().items() if k != "error"}
+    f = DualVariables(2, 1.0, lr=0.5, lambda_max=10.0, ema=1.0, kp=2.0)
+    f.load_state_dict(old)
+    f.update(torch.tensor([0]), torch.tensor([0.0]))
+    assert f.lambdas[0].item() == pytest.approx(d.lambdas[0].item() + 0.5)
+    with pytest.raises(ValueError, match="kp"):
+        DualVariables(1, 1.0, lr=0.5, lambda_max=1.0, kp=-1.0)
+
+
+def test_dual_pi_damps_the_swing_of_ascent_on_a_lagged_constraint():
+    # a toy plant: the constraint follows lambda with a lag (g <- g + 0.2 (4 lambda - g)), bound 1;
+    # plain ascent overshoots (lambda 0.64) and swings for tens of steps, the PI update settles
+    # near lambda = 0.25 within a few
+    def trace(kp):
+        d = DualVariables(1, 1.0, lr=0.3, lambda_max=5.0, init=0.0, ema=1.0, kp=kp)
+        g, lams = 0.0, []
+        for _ in range(100):
+            g += 0.2 * (4 * d.lambdas.item() - g)
+            d.update(torch.tensor([0]), torch.tensor([g]))
+            lams.append(d.lambdas.item())
+        lams = torch.tensor(lams, dtype=DT)
+        far = ((lams - 0.25).abs() > 0.02).nonzero()
+        return lams, g, int(far[-1]) + 1 if len(far) else 0
+
+    plain, g_plain, settle_plain = trace(0.0)
+    pi, g_pi, settle_pi = trace(1.0)
+    assert pi.std() < 0.2 * plain.std() and pi.max() < 0.35 < plain.max()
+    assert settle_pi < 10 < settle_plain
+    assert abs(g_pi - 1.0) < 0.01
+
+
 def test_ru_duals_move_the_right_way(scheduler):
     batch = make_batch([0, 1, 0, 3], [FORGET, FORGET, FORGET, RETAIN], seed=9)
     # an unreachable bound: both constraints violated, both lambdas rise, and the sum stays < 1

@@ -28,20 +28,21 @@ class ForwardKLUnlearning(Method):
         num_forget_samples: size of the forget set (sample ids are 0..n-1).
         bound: ``b``: the denoising loss (units of ``w * dist``) each forget sample must reach.
         dual_lr, lambda_max, init_lambda: the dual step; ``lambda_max`` bounds the ascent.
+        dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
         retain: ``"data"`` or ``"distill"``.
     """
 
     name = "fu"
 
     def __init__(self, num_forget_samples: int, *, bound: float = 0.5, dual_lr: float = 0.5,
-                 lambda_max: float = 1.0, init_lambda: float = 0.2, retain: str = "distill"):
+                 lambda_max: float = 1.0, init_lambda: float = 0.2, retain: str = "distill", dual_kp: float = 0.0):
         if num_forget_samples < 1:
             raise ValueError("num_forget_samples: the forget set is empty")
         if retain not in RETAIN_TERMS:
             raise ValueError(f"retain: expected one of {RETAIN_TERMS}, got {retain!r}")
         self.retain = retain
         self.duals = DualVariables(num_forget_samples, bound, lr=dual_lr, lambda_max=lambda_max,
-                                   init=init_lambda, ema=1.0)
+                                   init=init_lambda, ema=1.0, kp=dual_kp)
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET

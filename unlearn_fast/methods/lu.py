@@ -31,6 +31,7 @@ class LikelihoodUnlearning(Method):
         anchor: condition id of ``q`` (the null condition).
         bound: ``eps``, the allowed mean likelihood ratio.
         dual_lr, lambda_max, init_lambda: the dual step.
+        dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
         retain_weight: weight of the retain distillation term.
     """
 
@@ -38,7 +39,7 @@ class LikelihoodUnlearning(Method):
 
     def __init__(self, forget: Sequence[int], anchor: int, *, bound: float = 0.5, dual_lr: float = 1.0,
                  lambda_max: float = 5.0, init_lambda: float = 1.0, retain_weight: float = 1.0,
-                 log_ratio_clip: float = 5.0):
+                 log_ratio_clip: float = 5.0, dual_kp: float = 0.0):
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         self.forget = list(forget)
@@ -46,7 +47,7 @@ class LikelihoodUnlearning(Method):
         self.retain_weight = retain_weight
         self.log_ratio_clip = log_ratio_clip
         self.duals = DualVariables(1, bound, lr=dual_lr, lambda_max=lambda_max, init=init_lambda,
-                                   direction="leq")
+                                   direction="leq", kp=dual_kp)
         self._ratio = None
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:

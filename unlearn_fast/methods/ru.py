@@ -40,6 +40,7 @@ class ReverseKLUnlearning(Method):
         anchor: condition id of the anchor ``q_a`` (the null condition, or an anchor concept).
         bound: ``b_i``, the separation each concept must reach (the units of ``w * dist``).
         dual_lr, lambda_max, init_lambda: the dual step (``lambda_max`` below ``1 / m``).
+        dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
         retain_weight: weight of the retain-prompt distillation term (0 disables it).
         divergence: ``"kl"`` or ``"hellinger"``.
     """
@@ -48,7 +49,7 @@ class ReverseKLUnlearning(Method):
 
     def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
                  dual_lr: float = 2.0, lambda_max: float | None = None, init_lambda: float = 0.3,
-                 retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None):
+                 retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0):
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         if divergence not in DIVERGENCES:
@@ -66,7 +67,8 @@ class ReverseKLUnlearning(Method):
         if lambda_max is None:
             lambda_max = 0.95 / m
         self.duals = None if fixed_alpha is not None else DualVariables(
-            m, bound, lr=dual_lr, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max))
+            m, bound, lr=dual_lr, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max),
+            kp=dual_kp)
 
     # --- heads -------------------------------------------------------------------------
 
