@@ -162,3 +162,51 @@ def test_true_targets_of_each_prediction_type():
     torch.testing.assert_close(flow.add_noise(x0, noise, tf), (1 - sigma) * x0 + sigma * noise)
     torch.testing.assert_close(flow.target(x0, noise, tf), noise - x0)
     assert flow.weight_index(torch.tensor([1000.0, 0.4])).tolist() == [999, 0]
+
+
+class _TimeModel:
+    """A stand-in ConditionedModel whose prediction is ``f(t)`` everywhere (``f = None``: zero)."""
+
+    def __init__(self, f=None):
+        self.module = torch.nn.Linear(1, 1)
+        self.f = f
+
+    def predict(self, x, t, cond):
+        if self.f is None:
+            return torch.zeros_like(x)
+        return self.f(t.double()).float()[:, None, None, None].expand_as(x)
+
+
+def _cosine_scheduler():
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+def test_weight_stratified_timesteps_follow_the_weights():
+    from unlearn_fast.eval.metrics import weight_stratified_timesteps
+
+    w = torch.tensor([1.0, 0.0, 3.0, 6.0])
+    t = weight_stratified_timesteps(w, 1000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(t, minlength=4)
+    assert counts.tolist() == [100, 0, 300, 600]  # one draw per stratum: exact shares
+
+
+def test_kl_on_draws_is_the_weighted_sum_over_all_timesteps():
+    from unlearn_fast.eval.metrics import kl_on_draws
+
+    sched = _cosine_scheduler()
+    w = uf.timestep_weights(sched, "kl").double()
+    x0 = torch.zeros(144, 1, 2, 3)
+    cond = torch.zeros(144, dtype=torch.long)
+    # a constant error: the estimate is exact whatever t is drawn
+    const = kl_on_draws(sched, _TimeModel(), _TimeModel(lambda t: torch.full_like(t, 0.5)), x0, cond, cond, seed=0)
+    assert const == pytest.approx(float(w.sum()) * 0.25 * 6, rel=1e-5)
+    # an error that grows with t: the estimate is unbiased and within a few percent on 144 draws
+    f = lambda t: 0.1 + t / 1000  # noqa: E731
+    exact = float((w * f(torch.arange(1000, dtype=torch.float64)).square()).sum() * 6)
+    est = [kl_on_draws(sched, _TimeModel(), _TimeModel(f), x0, cond, cond, seed=s) for s in range(5)]
+    assert all(abs(e / exact - 1) < 0.03 for e in est), (est, exact)
+    # the old estimator (uniform t, weight T w_t) on the same draws counts would miss it by far
+    g = torch.Generator().manual_seed(0)
+    uniform = [float((1000 * w * f(torch.arange(1000.0, dtype=torch.float64)).square() * 6)[
+        torch.randint(0, 1000, (144,), generator=g)].mean()) for _ in range(5)]
+    assert max(abs(u / exact - 1) for u in uniform) > 0.3

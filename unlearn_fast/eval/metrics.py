@@ -14,7 +14,8 @@ and reports:
   samples and of held-out real digits of the same classes;
 - ``kl_to_original``: an estimate of the KL between the model and the original one on the
   retained classes, ``E[T w_t ||eps - eps_orig||^2]`` in nats per sample (the fused op,
-  ``kl`` weights, ``reduction="sum"``) over fixed ``(x_0, t, noise)`` draws.
+  ``kl`` weights, ``reduction="sum"``) over fixed ``(x_0, t, noise)`` draws, ``t`` drawn in
+  proportion to the weights (see ``kl_on_draws``).
 
 For a text-conditioned model the classes are prompts: with ``prompts`` (one per class, e.g.
 ``"a handwritten digit seven"``) each model's condition ids come from
@@ -88,15 +89,31 @@ def embedded_evaluator(scheduler, settings: EvalSettings | None = None, model: s
 
 
 @torch.no_grad()
+def weight_stratified_timesteps(weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` timesteps drawn with probability ``weights / weights.sum()``, one per stratum of the
+    weights' CDF (stratified inverse-CDF sampling), in random order."""
+    cdf = torch.cumsum(weights.double(), 0)
+    cdf = cdf / cdf[-1]
+    u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
+    t = torch.searchsorted(cdf, u, right=True).clamp(max=len(weights) - 1)
+    return t[torch.randperm(n, generator=generator)]
+
+
 def kl_on_draws(scheduler, model: ConditionedModel, original: ConditionedModel, x0: torch.Tensor,
                 cond: torch.Tensor, original_cond: torch.Tensor, *, seed: int, batch_size: int = 256) -> float:
-    """``E[T w_t ||eps - eps_orig||^2]`` in nats per sample (``kl`` weights, ``reduction="sum"``,
-    the fused op) over one ``(t, noise)`` draw per image of ``x0``; ``cond`` / ``original_cond``:
-    each image's condition id in either model."""
+    """``E_t[T w_t ||eps - eps_orig||^2] = sum_t w_t E||eps - eps_orig||^2`` in nats per sample
+    (``kl`` weights, ``reduction="sum"``, the fused op), one ``(t, noise)`` draw per image of ``x0``;
+    ``cond`` / ``original_cond``: each image's condition id in either model.
+
+    The weights span six orders of magnitude (on a cosine schedule capped at ``beta = 0.999``
+    the last timestep holds almost all of their mass), so a uniform ``t`` would make the figure
+    one draw's error. Timesteps are drawn in proportion to ``w_t``, stratified over the weights'
+    CDF, and each draw weighs ``sum_t w_t / n``: the same expectation, a far smaller variance.
+    """
     g = torch.Generator().manual_seed(seed)
     device = next(model.module.parameters()).device
-    T = scheduler.config.num_train_timesteps
-    t = torch.randint(0, T, (len(x0),), generator=g)
+    weights = timestep_weights(scheduler, "kl").double()
+    t = weight_stratified_timesteps(weights, len(x0), g)
     noise = torch.randn(x0.shape, generator=g)
     x_t = scheduler.add_noise(x0, noise, t).to(device)
     t = t.to(device)
@@ -104,9 +121,9 @@ def kl_on_draws(scheduler, model: ConditionedModel, original: ConditionedModel, 
                                           c[i:i + batch_size].to(device)).float()
                                 for i in range(0, len(x0), batch_size)])
                      for m, c in ((model, cond), (original, original_cond)))
-    w = (timestep_weights(scheduler, "kl") * T).to(device)[t] / len(x0)
+    w = torch.full((len(x0), 1), float(weights.sum()) / len(x0), device=device)
     coeffs = torch.tensor([[1.0, -1.0]], device=device)
-    loss, _ = fused_eps_loss(eps, [eps_orig], coeffs, w[:, None], reduction="sum")
+    loss, _ = fused_eps_loss(eps, [eps_orig], coeffs, w, reduction="sum")
     return float(loss)
 
 
