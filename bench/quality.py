@@ -38,12 +38,13 @@ UA_TARGET = 0.99
 def method_config(method: str, forget: list[int], *, steps: int, output_dir: str, checkpoint_every: int = 0,
                   **extra) -> TrainConfig:
     """The run of ``method`` every comparison uses: the demo's batch, learning rate, seed and
-    per-method constants (``extra``: further TrainConfig fields, e.g. ``adversarial=True``)."""
+    per-method constants (``extra``: further TrainConfig fields, e.g. ``adversarial=True``, or ones
+    that replace the demo's, e.g. ``method_kwargs``)."""
     demo = DemoSettings()
     return TrainConfig(method=method, forget=[str(f) for f in forget], max_steps=steps,
                        batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
                        output_dir=output_dir, overwrite=True, checkpoint_every=checkpoint_every,
-                       keep_checkpoints=0, log_every=steps, **DEMO_METHOD_DEFAULTS[method], **extra)
+                       keep_checkpoints=0, log_every=steps, **{**DEMO_METHOD_DEFAULTS[method], **extra})
 
 
 def ua_trace(evaluator: ClassEvaluator, original, result, forget: list[int]) -> list[tuple[int, float]]:

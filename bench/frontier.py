@@ -1,0 +1,309 @@
+"""Trade-off frontiers: each method's one strength knob swept, UA against the damage it costs (KL to the original, retain accuracy, FID).
+
+Every point is one run of ``bench/quality.py``'s recipe (the demo's batch, learning rate and
+per-method constants, ``unlearn_fast.demo.DEMO_METHOD_DEFAULTS``) with one knob changed, the
+same steps and seeds for every method, evaluated by the same evaluator (the shipped
+classifier's samples: UA on the forgotten digit, retain accuracy and Frechet distance on the
+others, ``kl_to_original`` in nats on the retained digits). The constrained methods log their
+duals every step; the report keeps each run's trajectory (lambda and the constraint's running
+estimate), how much of the run lambda sat at its cap and how far it swung in the last half.
+
+Points are cached, one JSON per (method, value, seed) under ``--runs``: rerunning the same
+command resumes where it stopped; ``--render`` only redraws the report from them.
+
+    python bench/frontier.py --concept 3 --seeds 0 1 2 --out bench/results/frontier/class-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quality import CONSTRAINED, method_config  # noqa: E402  (bench/quality.py)
+
+from unlearn_fast.eval.metrics import EvalSettings, embedded_evaluator  # noqa: E402
+from unlearn_fast.eval.report import public, write_json  # noqa: E402
+from unlearn_fast.models_zoo import load_embedded  # noqa: E402
+from unlearn_fast.training import train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One method's strength knob: a ``method_kwargs`` key, or a ``TrainConfig`` field."""
+
+    name: str
+    values: tuple
+    where: str = "method"  # "method" or "config"
+    config: tuple = ()  # further TrainConfig fields of every point, as (key, value) pairs
+    kwargs: tuple = ()  # further method kwargs of every point, as (key, value) pairs
+
+    def overrides(self, method: str, value) -> dict:
+        from unlearn_fast.demo import DEMO_METHOD_DEFAULTS
+
+        base = dict(DEMO_METHOD_DEFAULTS[method])
+        kwargs = {**base.pop("method_kwargs", {}), **dict(self.kwargs)}
+        extra = {**base, **dict(self.config)}
+        if self.where == "method":
+            kwargs[self.name] = value
+        else:
+            extra[self.name] = value
+        return {"method_kwargs": kwargs, **extra}
+
+
+#: the bounds of the constrained methods are in nats (weighting "kl", reduction "sum": the
+#: constraint is the whole reverse chain's KL, docs/math.md section 9)
+NATS = (("weighting", "kl"), ("reduction", "sum"))
+SWEEPS = {
+    "ru": Knob("bound", (25.0, 50.0, 100.0, 200.0, 400.0), config=NATS, kwargs=(("lambda_max", 0.95),)),
+    "esd": Knob("eta", (0.25, 0.5, 1.0, 2.0, 4.0)),
+    "neggrad": Knob("alpha", (0.02, 0.05, 0.1, 0.2, 0.5)),
+    "ablation": Knob("max_steps", (25, 50, 100, 200, 400), where="config"),
+}
+
+
+def point_path(runs: str, method: str, knob: Knob, value, seed: int) -> str:
+    return os.path.join(runs, method, f"{knob.name}={value:g}", f"seed{seed}.json")
+
+
+def dual_trace(output_dir: str) -> dict:
+    """lambda and the constraint estimate per logged step (the first concept's), from metrics.jsonl."""
+    steps, lam, con = [], [], []
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        for line in f:
+            m = json.loads(line)
+            lk = next((k for k in m if "lambda" in k and not k.endswith("_max")), None)
+            if lk is None:
+                return {}
+            ck = lk.replace("lambda", "constraint")
+            steps.append(m["step"])
+            lam.append(m[lk])
+            con.append(m.get(ck))
+    return {"step": steps, "lambda": lam, "constraint": con}
+
+
+def dual_summary(trace: dict, cap: float | None) -> dict:
+    """Share of steps at the cap, the swing (std) of lambda and of the constraint over the last half."""
+    if not trace:
+        return {}
+    lam = torch.tensor(trace["lambda"], dtype=torch.float64)
+    half = lam[len(lam) // 2:]
+    con = torch.tensor([c for c in trace["constraint"][len(lam) // 2:] if c is not None], dtype=torch.float64)
+    return {"at_cap": None if cap is None else float((lam >= cap - 1e-6).double().mean()),
+            "lambda_last_half_mean": float(half.mean()), "lambda_last_half_std": float(half.std()),
+            "constraint_last_half_mean": float(con.mean()) if len(con) else None,
+            "constraint_last_half_std": float(con.std()) if len(con) > 1 else None}
+
+
+def run_point(method: str, knob: Knob, value, seed: int, concept: list[int], steps: int, evaluator, original,
+              workdir: str) -> dict:
+    over = knob.overrides(method, value)
+    run_steps = int(value) if knob.name == "max_steps" else steps
+    over.pop("max_steps", None)
+    log_every = 1 if method in CONSTRAINED else run_steps
+    config = method_config(method, concept, steps=run_steps, output_dir=workdir, **over)
+    config.seed, config.log_every = seed, log_every
+    start = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - start
+    after = public(evaluator.evaluate(result.model, concept, original=original))
+    trace = dual_trace(result.output_dir) if method in CONSTRAINED else {}
+    cap = over["method_kwargs"].get("lambda_max")
+    return {"method": method, "knob": knob.name, "value": value, "seed": seed, "steps": run_steps,
+            **{k: after[k] for k in ("ua", "retain_acc", "neighbor_acc", "fid", "kl_to_original")},
+            "train_seconds": round(seconds, 1), "duals": dual_summary(trace, cap), "dual_trace": trace,
+            "overrides": over}
+
+
+def run_all(args, evaluator, original) -> list[dict]:
+    points = []
+    for method in args.methods:
+        knob = SWEEPS[method]
+        for value in args.values.get(method, knob.values):
+            for seed in args.seeds:
+                path = point_path(args.runs, method, knob, value, seed)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        points.append(json.load(f))
+                    continue
+                p = run_point(method, knob, value, seed, args.concept, args.steps, evaluator, original,
+                              os.path.join(args.runs, "work"))
+                write_json(path, p)
+                points.append(p)
+                print(f"{method} {knob.name}={value:g} seed {seed}: UA {p['ua']:.3f} retain {p['retain_acc']:.3f} "
+                      f"FID {p['fid']:.2f} KL {p['kl_to_original']:.1f} {p['duals'] or ''}", flush=True)
+    return points
+
+
+def aggregate(points: list[dict]) -> list[dict]:
+    """One row per (method, value): the mean and the spread (min, max) over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["method"], p["value"]), []).append(p)
+    rows = []
+    for (method, value), ps in groups.items():
+        row = {"method": method, "knob": ps[0]["knob"], "value": value, "seeds": len(ps)}
+        for key in ("ua", "retain_acc", "fid", "kl_to_original"):
+            vals = [p[key] for p in ps]
+            row[key] = sum(vals) / len(vals)
+            row[key + "_range"] = (min(vals), max(vals))
+        caps = [p["duals"].get("at_cap") for p in ps if p.get("duals") and p["duals"].get("at_cap") is not None]
+        row["at_cap"] = sum(caps) / len(caps) if caps else None
+        swings = [p["duals"]["lambda_last_half_std"] for p in ps if p.get("duals")]
+        row["lambda_swing"] = sum(swings) / len(swings) if swings else None
+        rows.append(row)
+    return rows
+
+
+def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("kl_to_original", "KL to the original on retained digits (nats)"),
+              ("retain_acc", "retain accuracy"), ("fid", "Frechet distance (retained digits)"))
+    for ax, (key, label) in zip(axes, panels):
+        ax.scatter([before.get(key, 0.0)], [before["ua"]], marker="*", s=150, c="black", label="original", zorder=3)
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r[key])
+            x, y = [r[key] for r in rs], [r["ua"] for r in rs]
+            style = "o-" if method in CONSTRAINED else "s--"
+            line, = ax.plot(x, y, style, ms=4, label=method)
+            for r in rs:
+                (ylo, yhi), (xlo, xhi) = r["ua_range"], r[key + "_range"]
+                if r["seeds"] > 1:
+                    ax.errorbar([r[key]], [r["ua"]], xerr=[[r[key] - xlo], [xhi - r[key]]],
+                                yerr=[[r["ua"] - ylo], [yhi - r["ua"]]], color=line.get_color(), lw=0.8, capsize=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("UA (unlearning accuracy)")
+        if key == "kl_to_original":
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("solid: constrained (primal-dual), dashed: fixed-weight; bars: min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_duals(points: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traced = [p for p in points if p.get("dual_trace") and p["seed"] == min(q["seed"] for q in points)]
+    methods = list(dict.fromkeys(p["method"] for p in traced))
+    if not methods:
+        return
+    fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 6), squeeze=False)
+    for j, method in enumerate(methods):
+        for p in (q for q in traced if q["method"] == method):
+            tr = p["dual_trace"]
+            axes[0, j].plot(tr["step"], tr["lambda"], lw=1, label=f"{p['knob']}={p['value']:g}")
+            axes[1, j].plot(tr["step"], tr["constraint"], lw=1)
+            axes[1, j].axhline(p["value"], lw=0.6, ls=":", color=axes[1, j].lines[-1].get_color())
+        axes[0, j].set_title(f"{method}: lambda")
+        axes[1, j].set_title(f"{method}: constraint estimate (dotted: the bound)")
+        axes[1, j].set_xlabel("step")
+        axes[1, j].set_yscale("symlog", linthresh=1.0)
+        axes[0, j].legend(fontsize=7)
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(data: dict, out: str) -> str:
+    """frontier.md, frontier.png and duals.png from the results (``frontier.json``)."""
+    rows, before = aggregate(data["points"]), data["before"]
+    lines = [f"Forgotten digit(s) {data['concept']}; {data['steps']} steps (ablation: its steps are the knob), seeds "
+             f"{data['seeds']}; the demo's batch, lr and per-method constants otherwise; evaluation "
+             f"{data['eval']['per_class']} samples per digit (DDIM {data['eval']['steps']}, guidance "
+             f"{data['eval']['guidance']}, seed {data['eval']['seed']}). Values: the mean over seeds, [min, max] "
+             f"beside it. Bounds in nats (weighting kl, reduction sum). at cap: share of the steps the dual sat at "
+             f"lambda_max; swing: std of lambda over the last half of the run.", "",
+             "| method | knob | UA | KL to original (nats) | retain acc | FID | at cap | swing |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| original | - | {before['ua']:.3f} | 0 | {before['retain_acc']:.3f} | {before['fid']:.2f} | | |"]
+
+    def cell(r, key, fmt):
+        lo, hi = r[key + "_range"]
+        return f"{r[key]:{fmt}}" + (f" [{lo:{fmt}}, {hi:{fmt}}]" if r["seeds"] > 1 else "")
+
+    for r in rows:
+        cap = "-" if r["at_cap"] is None else f"{r['at_cap']:.2f}"
+        swing = "-" if r["lambda_swing"] is None else f"{r['lambda_swing']:.3f}"
+        lines.append(f"| {r['method']} | {r['knob']}={r['value']:g} | {cell(r, 'ua', '.3f')} | "
+                     f"{cell(r, 'kl_to_original', '.1f')} | {cell(r, 'retain_acc', '.3f')} | {cell(r, 'fid', '.2f')} | "
+                     f"{cap} | {swing} |")
+    table = "\n".join(lines)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "frontier.md"), "w") as f:
+        f.write(f"# Trade-off frontiers, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n\n"
+                f"![frontier](frontier.png)\n\n![duals](duals.png)\n")
+    plot_frontier(rows, before, os.path.join(out, "frontier.png"))
+    plot_duals(data["points"], os.path.join(out, "duals.png"))
+    return table
+
+
+def parse_values(items: list[str]) -> dict:
+    """``--values ru=25,50 esd=1,2``: per-method values replacing the sweep's."""
+    out = {}
+    for item in items:
+        method, sep, vals = item.partition("=")
+        if not sep or method not in SWEEPS:
+            raise SystemExit(f"--values: expected METHOD=V1,V2,... with METHOD one of {sorted(SWEEPS)}, got {item!r}")
+        try:
+            out[method] = tuple(float(v) for v in vals.split(","))
+        except ValueError:
+            raise SystemExit(f"--values: expected numbers after {method}=, got {vals!r}") from None
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concept", type=int, nargs="+", default=[3], help="the forgotten digit(s)")
+    parser.add_argument("--methods", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--values", nargs="*", default=[], help="METHOD=V1,V2,...: other values of a method's knob")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--out", default="bench/results/frontier/class-3")
+    parser.add_argument("--runs", default=None, help="the points' cache (default: runs/frontier/class-<digits>)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--render", action="store_true", help="only redraw the report from --out/frontier.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        with open(os.path.join(args.out, "frontier.json")) as f:
+            print(render(json.load(f), args.out))
+        return 0
+    args.values = parse_values(args.values)
+    args.runs = args.runs or os.path.join("runs", "frontier", "class-" + "-".join(map(str, args.concept)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    original, scheduler = load_embedded("class")
+    evaluator = embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class))
+    before = public(evaluator.evaluate(original, args.concept))
+    points = run_all(args, evaluator, original)
+    data = {"date": datetime.date.today().isoformat(), "concept": args.concept, "steps": args.steps,
+            "seeds": args.seeds, "eval": evaluator.settings_dict(), "points": points,
+            "before": {k: before[k] for k in ("ua", "retain_acc", "fid")},
+            "command": "python bench/frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    write_json(os.path.join(args.out, "frontier.json"), data)
+    print(render(data, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
