@@ -63,6 +63,10 @@ class Knob:
 NATS = (("weighting", "kl"), ("reduction", "sum"))
 SWEEPS = {
     "ru": Knob("bound", (25.0, 50.0, 100.0, 200.0, 400.0), config=NATS, kwargs=(("lambda_max", 0.95),)),
+    # LU's bound: the allowed mean likelihood ratio (methods/lu.py); FU's: the denoising loss each
+    # forget image must reach (per-sample duals); the demo's constants otherwise
+    "lu": Knob("bound", (0.1, 0.25, 0.5, 1.0, 2.0)),
+    "fu": Knob("bound", (0.02, 0.05, 0.1, 0.2, 0.5)),
     "esd": Knob("eta", (0.25, 0.5, 1.0, 2.0, 4.0)),
     "neggrad": Knob("alpha", (0.02, 0.05, 0.1, 0.2, 0.5)),
     "ablation": Knob("max_steps", (25, 50, 100, 200, 400), where="config"),
