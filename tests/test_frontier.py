@@ -27,10 +27,12 @@ def test_knob_overrides_keep_the_demo_constants_and_set_the_knob(frontier):
 
     over = frontier.SWEEPS["ru"].overrides("ru", 50.0)
     base = DEMO_METHOD_DEFAULTS["ru"].get("method_kwargs", {})
+    swept = ("bound", "lambda_max", "bound_units", "dual_lr")
     assert over["method_kwargs"]["bound"] == 50.0 and over["method_kwargs"]["lambda_max"] == 0.95
-    assert {k: v for k, v in over["method_kwargs"].items() if k not in ("bound", "lambda_max")} == \
-        {k: v for k, v in base.items() if k not in ("bound", "lambda_max")}
-    assert over["weighting"] == "kl" and over["reduction"] == "sum"  # bounds in nats
+    assert over["method_kwargs"]["bound_units"] == "nats"  # bounds in nats, the primal as the demo trains it
+    assert {k: v for k, v in over["method_kwargs"].items() if k not in swept} == \
+        {k: v for k, v in base.items() if k not in swept}
+    assert "weighting" not in over and "reduction" not in over
     steps = frontier.SWEEPS["ablation"].overrides("ablation", 100)
     assert steps["max_steps"] == 100 and "max_steps" not in steps["method_kwargs"]
 

@@ -53,6 +53,7 @@ class HostSyncRecorder(TorchDispatchMode):
 
 METHODS = {
     "ru": lambda: ReverseKLUnlearning([0, 1], NULL, num_conditions=N_COND),
+    "ru-nats": lambda: ReverseKLUnlearning([0, 1], NULL, num_conditions=N_COND, bound_units="nats"),
     "ru-hellinger": lambda: ReverseKLUnlearning([0, 1], NULL, num_conditions=N_COND, divergence="hellinger"),
     "esd": lambda: ESD([0, 1], NULL, num_conditions=N_COND),
     "lu": lambda: LikelihoodUnlearning([0, 1], NULL),

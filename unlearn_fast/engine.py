@@ -197,6 +197,6 @@ class UnlearningObjective:
         loss, dist = fused_eps_loss(pred, slots, recipe.coeffs, recipe.weights, reduction=self.reduction,
                                     backend=self.backend)
         if self.update_duals and torch.is_grad_enabled():
-            self.method.update(batch, recipe, dist, w)
+            self.method.update(batch, recipe, dist, w, t)
         metrics = {"loss": loss.detach(), "dist": dist.mean(0)}
         return loss, metrics

@@ -67,7 +67,9 @@ class Adversarial(Method):
 
     def prepare_step(self, objective, batch: Batch, generator) -> object:
         """The model the student pass uses: the student with the attack's conditioning
-        (made at the first call); runs an attack round every ``every`` training steps."""
+        (made at the first call); runs an attack round every ``every`` training steps. The
+        inner method's own preparation (RU's nats probe) runs first, on the plain student."""
+        self.inner.prepare_step(objective, batch, generator)
         if self.attacked is None:
             from ..attacks.conditioning import AttackedModel
 
@@ -116,8 +118,8 @@ class Adversarial(Method):
         student = torch.where(adversarial, torch.full_like(r.student_cond, self.attacked.attack_id), r.student_cond)
         return Recipe(student, r.teacher_conds, r.coeffs, r.weights, r.teacher_rows)
 
-    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
-        self.inner.update(batch, recipe, dist, w)
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor, t=None) -> None:
+        self.inner.update(batch, recipe, dist, w, t)
 
     def metrics(self) -> dict[str, float]:
         out = dict(self.inner.metrics())

@@ -83,8 +83,10 @@ class Method:
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         raise NotImplementedError
 
-    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
-        """Dual update from this step's distances (methods without duals do nothing)."""
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor,
+               t: torch.Tensor | None = None) -> None:
+        """Dual update from this step's distances at the samples' timesteps ``t`` (methods
+        without duals do nothing)."""
 
     def prepare_step(self, objective, batch: Batch, generator) -> "object":
         """The model the step's student pass uses (``objective.model``; ``Adversarial``

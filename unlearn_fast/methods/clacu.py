@@ -106,7 +106,7 @@ class ConstrainedLACU(LocalityAwareContinualUnlearning):
 
     # --- duals -------------------------------------------------------------------------
 
-    def update(self, batch: Batch, recipe: Recipe, dist_: torch.Tensor, w: torch.Tensor) -> None:
+    def update(self, batch: Batch, recipe: Recipe, dist_: torch.Tensor, w: torch.Tensor, t=None) -> None:
         device = dist_.device
         if self.current.lambdas.device != device:  # once: the state lives where the loss is computed
             self.current.to(device)

@@ -58,7 +58,7 @@ class ForwardKLUnlearning(Method):
         return Recipe(batch.cond, slot[:, None], coeffs, weights,
                       role_rows(batch, "none" if self.retain == "data" else "retain"))
 
-    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor, t=None) -> None:
         forget = batch.role == FORGET
         self.duals.update(batch.sample_id.clamp(min=0), w * dist[:, 0], mask=forget)
 

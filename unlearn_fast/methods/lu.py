@@ -79,7 +79,7 @@ class LikelihoodUnlearning(Method):
         coeffs[:, 0, 2] = torch.where(forget, g, coeffs[:, 0, 2])
         return Recipe(recipe.student_cond, recipe.teacher_conds, coeffs, recipe.weights, recipe.teacher_rows)
 
-    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor, t=None) -> None:
         if self._ratio is None:
             return
         # every rank updates (and all-reduces) at every step, with or without forget samples

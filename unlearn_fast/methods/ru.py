@@ -17,6 +17,10 @@ needs the distances first, so the fused op runs once without gradient to get the
 Bounds are then in (0, 1). KL_t is exact only with ``weighting="kl"`` and
 ``reduction="sum"``; with other weightings it is a scaled stand-in.
 
+``bound_units="nats"`` measures the constraint in nats whatever weighting trains the primal:
+the whole reverse chain's KL to the forget concept, its heaviest timesteps probed every step
+(``nats.py``); the primal's gradient is unchanged (the constraint head has weight 0).
+
 Estimated, not exact: ``x_t`` is drawn from data or from the student without
 differentiating through the sampling, which biases the reverse-KL gradient (section 9).
 """
@@ -29,9 +33,11 @@ import torch
 
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
+from .nats import NatsConstraint
 from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, on_device, per_role_mean, role_rows
 
 DIVERGENCES = ("kl", "hellinger")
+BOUND_UNITS = ("weighted", "nats")
 
 
 class ReverseKLUnlearning(Method):
@@ -43,17 +49,28 @@ class ReverseKLUnlearning(Method):
         dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
         retain_weight: weight of the retain-prompt distillation term (0 disables it).
         divergence: ``"kl"`` or ``"hellinger"``.
+        bound_units: ``"weighted"`` (the units of the training weighting, ``w * dist``) or
+            ``"nats"`` (the chain's KL to the concept, ``nats.py``; needs ``divergence="kl"``).
+        nats_probe: with ``"nats"``, how many of the heaviest timesteps are probed each step.
+            With ``"nats"`` the dual step is per unit of relative error, ``(b - g) / b`` (the
+            update uses ``dual_lr / bound`` and ``dual_kp / bound``), so one ``dual_lr`` serves every bound.
     """
 
     name = "ru"
 
     def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
                  dual_lr: float = 2.0, lambda_max: float | None = None, init_lambda: float = 0.3,
-                 retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0):
+                 retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0,
+                 bound_units: str = "weighted", nats_probe: int = 4):
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+        if bound_units not in BOUND_UNITS:
+            raise ValueError(f"bound_units: expected one of {BOUND_UNITS}, got {bound_units!r}")
+        if bound_units == "nats" and divergence != "kl":
+            raise ValueError(f"bound_units: 'nats' measures a KL; divergence {divergence!r} has its own units "
+                             f"(use bound_units='weighted')")
         if anchor in forget:
             raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
         m = len(forget)
@@ -62,13 +79,17 @@ class ReverseKLUnlearning(Method):
         self.retain_weight = retain_weight
         self.divergence = divergence
         self.fixed_alpha = fixed_alpha  # ESD: a hand-fixed guidance weight, no duals
+        self.nats = NatsConstraint(m, nats_probe) if bound_units == "nats" and fixed_alpha is None else None
         self.concept_of = torch.full((num_conditions,), -1, dtype=torch.long)
         self.concept_of[torch.tensor(self.forget)] = torch.arange(m)
         if lambda_max is None:
             lambda_max = 0.95 / m
+        if bound_units == "nats" and not bound > 0:
+            raise ValueError(f"bound: a bound in nats must be positive, got {bound}")
+        per = bound if bound_units == "nats" else 1.0  # nats: steps per unit of relative error
         self.duals = None if fixed_alpha is not None else DualVariables(
-            m, bound, lr=dual_lr, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max),
-            kp=dual_kp)
+            m, bound, lr=dual_lr / per, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max),
+            kp=dual_kp / per)
 
     # --- heads -------------------------------------------------------------------------
 
@@ -115,16 +136,38 @@ class ReverseKLUnlearning(Method):
 
     # --- duals -------------------------------------------------------------------------
 
-    def constraint_values(self, dist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def prepare_step(self, objective, batch: Batch, generator) -> object:
+        if self.nats is not None and torch.is_grad_enabled() and objective.update_duals:
+            self._numel = batch.x0[0].numel()
+            self.nats.probe(objective, batch, on_device(self, "concept_of", batch.cond.device), generator)
+        return objective.model
+
+    def constraint_values(self, dist: torch.Tensor, w: torch.Tensor, t: torch.Tensor | None = None,
+                          concept: torch.Tensor | None = None) -> torch.Tensor:
+        if self.nats is not None:
+            if t is None:
+                raise ValueError("t: bound_units='nats' needs the samples' timesteps")
+            return self.nats.values(dist[:, 1], t, concept, self._numel)
         kl = w * dist[:, 1]
         return kl if self.divergence == "kl" else 1 - torch.exp(-kl / 4)
 
-    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor) -> None:
+    def update(self, batch: Batch, recipe: Recipe, dist: torch.Tensor, w: torch.Tensor, t=None) -> None:
         if self.duals is None:
             return
         forget = batch.role == FORGET
         concept = self.concept_of.to(batch.cond.device)[batch.cond].clamp(min=0)
-        self.duals.update(concept, self.constraint_values(dist, w), mask=forget)
+        self.duals.update(concept, self.constraint_values(dist, w, t, concept), mask=forget)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.nats is not None:
+            state["nats"] = self.nats.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.nats is not None and "nats" in state:  # older checkpoints: the probe starts afresh
+            self.nats.load_state_dict(state["nats"])
 
     def metrics(self) -> dict[str, float]:
         if self.duals is None:
