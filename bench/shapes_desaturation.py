@@ -13,13 +13,8 @@ import argparse
 
 import torch
 
-from unlearn_fast.data.shapes import STYLES, load_split
+from unlearn_fast.data.shapes import STYLES, desaturate, load_split
 from unlearn_fast.eval.shapes_classifier import load_shapes_classifier, load_shapes_detector
-
-
-def desaturate(x: torch.Tensor, factor: float) -> torch.Tensor:
-    lum = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    return lum + (x - lum) * factor
 
 
 def main():

@@ -38,14 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from _training import save_weights, train_classifier_loop  # noqa: E402  (scripts/_training.py)
-from unlearn_fast.data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, load_split  # noqa: E402
+from unlearn_fast.data.shapes import NUM_OBJECTS, NUM_STYLES, OBJECTS, STYLES, desaturate, load_split  # noqa: E402
 from unlearn_fast.eval.shapes_classifier import SHAPES_CLASSIFIER_WEIGHTS_FILE, ShapesClassifier  # noqa: E402
-
-
-def desaturate(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] moved towards their luminance: saturation times ``scale`` (per image)."""
-    lum = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    return lum + (x - lum) * scale.view(-1, 1, 1, 1)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, noise: float, min_saturation: float = 1.0) -> torch.Tensor:

@@ -142,3 +142,16 @@ def test_train_split_images_are_pinned():
     means = x.mean((1, 2, 3))[[0, 7, 14, 21, 28, 35, 42, 47]]
     expected = torch.tensor([0.3422, 0.8672, 0.6493, 0.753, 0.5456, 0.5068, -0.5282, -0.461])
     assert torch.allclose(means, expected, atol=2e-4), means.tolist()
+
+
+def test_desaturate_keeps_luminance_and_scales_the_colour():
+    from unlearn_fast.data.shapes import desaturate
+
+    x = torch.rand(3, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lum = lambda y: 0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]  # noqa: E731
+    assert torch.allclose(desaturate(x, 1.0), x)
+    grey = desaturate(x, 0.0)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    half = desaturate(x, torch.tensor([0.5, 0.3, 1.0]))
+    assert torch.allclose(lum(half), lum(x), atol=1e-6)
+    assert torch.allclose(half[2], x[2]) and torch.allclose(half[0] - grey[0], 0.5 * (x[0] - grey[0]), atol=1e-6)

@@ -277,6 +277,14 @@ def _hsv_to_rgb(h, s, v):
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], dtype=np.float32)
 
 
+def desaturate(x: torch.Tensor, scale) -> torch.Tensor:
+    """Images ``(N, 3, H, W)`` in [-1, 1] moved towards their luminance: saturation times
+    ``scale`` (a number, or one per image)."""
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    lum = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return lum + (x - lum) * scale
+
+
 def _luminance(rgb):
     return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
 
