@@ -40,16 +40,16 @@ def test_probe_plus_uniform_draws_sum_to_the_chain_kl(t_range, reduction):
     the mean of the per-sample values is exactly sum_t w_t d_t over the range."""
     obj = objective(t_range=t_range, reduction=reduction)
     nats = obj.method.nats
-    nats.bind(obj)
+    nats.probe(obj, batch(), obj.method.concept_of)  # binds, and reads the element count of a sample
     lo, hi = t_range or (0, T)
     w = timestep_weights(obj.scheduler, "kl").double()
     t = torch.arange(lo, hi)
     d = 1.0 + torch.sin(t.double()) ** 2  # a summed squared distance per timestep
-    numel = 18
+    numel = 18  # SHAPE (2, 3, 3)
     for i, h in enumerate(nats.timesteps):
         nats.last[0, i] = d[h - lo]
     dist = d / numel if reduction == "mean" else d
-    values = nats.values(dist, t, torch.zeros_like(t), numel)
+    values = nats.values(dist, t, torch.zeros_like(t))
     truth = float((w[lo:hi] * d).sum())
     assert float(values.mean()) == pytest.approx(truth, rel=1e-10)
 

@@ -59,7 +59,8 @@ class NatsConstraint:
         uniform[lo:hi] = (hi - lo) * w[lo:hi]
         uniform[self.timesteps] = 0.0  # their share comes from the probe
         self.uniform = uniform
-        self.scale = 1.0 if objective.reduction == "sum" else None  # None: times the element count
+        self.mean_reduction = objective.reduction == "mean"
+        self.scale = 1.0  # nats per unit of the head's distance: the element count under "mean" (probe)
         self.last = self.last[:, :k].contiguous()
 
     def _on(self, device) -> None:
@@ -76,6 +77,7 @@ class NatsConstraint:
         k = len(self.timesteps)
         device = batch.x0.device
         self._on(device)
+        self.scale = float(batch.x0[0].numel()) if self.mean_reduction else 1.0
         n_forget = batch.n_forget if batch.n_forget is not None else len(batch)
         if k == 0 or n_forget == 0:
             return
@@ -90,18 +92,18 @@ class NatsConstraint:
         student = objective.model.predict(x_t, t, cond)
         teacher = objective._teacher(x_t, t, cond).to(student.dtype)
         d = (student - teacher).double().square().flatten(1).sum(1)
-        concept = concept_of.to(device)[cond].clamp(min=0)
+        concept = concept_of[cond].clamp(min=0)
         flat = self.last.view(-1)
         idx = concept * k + torch.arange(k, device=device)
         new = torch.where(forget, d, flat[idx])
         flat.index_copy_(0, idx, new)
 
-    def values(self, dist: torch.Tensor, t: torch.Tensor, concept: torch.Tensor, numel: int) -> torch.Tensor:
+    def values(self, dist: torch.Tensor, t: torch.Tensor, concept: torch.Tensor) -> torch.Tensor:
         """Per-sample estimate of concept ``concept[j]``'s chain KL in nats, from the constraint
-        head's distance ``dist[j]`` (in the objective's reduction) at the sample's ``t[j]``."""
+        head's distance ``dist[j]`` (in the objective's reduction) at the sample's ``t[j]``
+        (after this step's ``probe``)."""
         self._on(dist.device)
-        scale = float(numel) if self.scale is None else self.scale
-        drawn = self.uniform[t] * dist.double() * scale
+        drawn = self.uniform[t] * dist.double() * self.scale
         return drawn + (self.last[concept] * self.probe_w).sum(1)
 
     def state_dict(self) -> dict:

@@ -138,7 +138,6 @@ class ReverseKLUnlearning(Method):
 
     def prepare_step(self, objective, batch: Batch, generator) -> object:
         if self.nats is not None and torch.is_grad_enabled() and objective.update_duals:
-            self._numel = batch.x0[0].numel()
             self.nats.probe(objective, batch, on_device(self, "concept_of", batch.cond.device), generator)
         return objective.model
 
@@ -147,7 +146,7 @@ class ReverseKLUnlearning(Method):
         if self.nats is not None:
             if t is None:
                 raise ValueError("t: bound_units='nats' needs the samples' timesteps")
-            return self.nats.values(dist[:, 1], t, concept, self._numel)
+            return self.nats.values(dist[:, 1], t, concept)
         kl = w * dist[:, 1]
         return kl if self.divergence == "kl" else 1 - torch.exp(-kl / 4)
 
