@@ -11,7 +11,8 @@ estimate), how much of the run lambda sat at its cap and how far it swung in the
 Points are cached, one JSON per (method, value, seed) under ``--runs``: rerunning the same
 command resumes where it stopped; ``--render`` only redraws the report from them.
 
-    python bench/frontier.py --concept 3 --seeds 0 1 2 --out bench/results/frontier/class-3
+    python bench/frontier.py --concept 3 --seeds 0 1 2            # -> bench/results/frontier/class-3
+    python bench/frontier.py --model text --concept 7 --seeds 0   # -> bench/results/frontier/text-7
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Knob:
     where: str = "method"  # "method" or "config"
     config: tuple = ()  # further TrainConfig fields of every point, as (key, value) pairs
     kwargs: tuple = ()  # further method kwargs of every point, as (key, value) pairs
+    method: str | None = None  # the method trained (None: the sweep's name; a variant names its method)
 
     def overrides(self, method: str, value) -> dict:
         from unlearn_fast.demo import DEMO_METHOD_DEFAULTS
@@ -58,12 +60,15 @@ class Knob:
         return {"method_kwargs": kwargs, **extra}
 
 
+RU_NATS = (("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.1))
 SWEEPS = {
     # RU's bound in nats: the whole reverse chain's KL to the forget concept (methods/nats.py), the
     # primal trained at the demo's weighting; the cap lifted so that the bound, not the cap, decides;
     # the dual step per unit of relative error (b - g) / b
-    "ru": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), kwargs=(("lambda_max", 0.95), ("bound_units", "nats"),
-                                                                 ("dual_lr", 0.1))),
+    "ru": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), kwargs=RU_NATS),
+    # the same, the dual updated by the PI controller (duals.py): the proportional term answers the
+    # change of the error, which damps the integrator's swing around the bound
+    "ru-pi": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=RU_NATS + (("dual_kp", 1.0),)),
     # LU's bound: the allowed mean likelihood ratio (methods/lu.py); FU's: the denoising loss each
     # forget image must reach (per-sample duals); the demo's constants otherwise
     "lu": Knob("bound", (0.1, 0.25, 0.5, 1.0, 2.0)),
@@ -107,19 +112,28 @@ def dual_summary(trace: dict, cap: float | None) -> dict:
             "constraint_last_half_std": float(con.std()) if len(con) > 1 else None}
 
 
+def trained(name: str) -> str:
+    """The method a sweep trains (a variant, e.g. ``ru-pi``, names its method)."""
+    return SWEEPS[name].method or name if name in SWEEPS else name
+
+
+def constrained(name: str) -> bool:
+    return trained(name) in CONSTRAINED
+
+
 def run_point(method: str, knob: Knob, value, seed: int, concept: list[int], steps: int, evaluator, original,
-              workdir: str) -> dict:
-    over = knob.overrides(method, value)
+              workdir: str, model: str = "class") -> dict:
+    over = knob.overrides(trained(method), value)
     run_steps = int(value) if knob.name == "max_steps" else steps
     over.pop("max_steps", None)
-    log_every = 1 if method in CONSTRAINED else run_steps
-    config = method_config(method, concept, steps=run_steps, output_dir=workdir, **over)
+    log_every = 1 if constrained(method) else run_steps
+    config = method_config(trained(method), concept, steps=run_steps, output_dir=workdir, model=model, **over)
     config.seed, config.log_every = seed, log_every
     start = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - start
     after = public(evaluator.evaluate(result.model, concept, original=original))
-    trace = dual_trace(result.output_dir) if method in CONSTRAINED else {}
+    trace = dual_trace(result.output_dir) if constrained(method) else {}
     cap = over["method_kwargs"].get("lambda_max")
     return {"method": method, "knob": knob.name, "value": value, "seed": seed, "steps": run_steps,
             **{k: after[k] for k in ("ua", "retain_acc", "neighbor_acc", "fid", "kl_to_original")},
@@ -139,7 +153,7 @@ def run_all(args, evaluator, original) -> list[dict]:
                         points.append(json.load(f))
                     continue
                 p = run_point(method, knob, value, seed, args.concept, args.steps, evaluator, original,
-                              os.path.join(args.runs, "work"))
+                              os.path.join(args.runs, "work"), args.model)
                 write_json(path, p)
                 points.append(p)
                 print(f"{method} {knob.name}={value:g} seed {seed}: UA {p['ua']:.3f} retain {p['retain_acc']:.3f} "
@@ -181,7 +195,7 @@ def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
         for method in dict.fromkeys(r["method"] for r in rows):
             rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r[key])
             x, y = [r[key] for r in rs], [r["ua"] for r in rs]
-            style = "o-" if method in CONSTRAINED else "s--"
+            style = "o-" if constrained(method) else "s--"
             line, = ax.plot(x, y, style, ms=4, label=method)
             for r in rs:
                 (ylo, yhi), (xlo, xhi) = r["ua_range"], r[key + "_range"]
@@ -232,7 +246,8 @@ def plot_duals(points: list[dict], path: str) -> None:
 def render(data: dict, out: str) -> str:
     """frontier.md, frontier.png and duals.png from the results (``frontier.json``)."""
     rows, before = aggregate(data["points"]), data["before"]
-    lines = [f"Forgotten digit(s) {data['concept']}; {data['steps']} steps (ablation: its steps are the knob), seeds "
+    what = "prompt(s) of digit(s)" if data.get("model") == "text" else "digit(s)"
+    lines = [f"{data.get('model', 'class').capitalize()} model, forgotten {what} {data['concept']}; {data['steps']} steps (ablation: its steps are the knob), seeds "
              f"{data['seeds']}; the demo's batch, lr and per-method constants otherwise; evaluation "
              f"{data['eval']['per_class']} samples per digit (DDIM {data['eval']['steps']}, guidance "
              f"{data['eval']['guidance']}, seed {data['eval']['seed']}). Values: the mean over seeds, [min, max] "
@@ -278,30 +293,38 @@ def parse_values(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("class", "text"), default="class",
+                        help="the embedded model (text: the digit's canonical prompt is forgotten)")
     parser.add_argument("--concept", type=int, nargs="+", default=[3], help="the forgotten digit(s)")
     parser.add_argument("--methods", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--values", nargs="*", default=[], help="METHOD=V1,V2,...: other values of a method's knob")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--out", default="bench/results/frontier/class-3")
+    parser.add_argument("--out", default=None, help="the report's folder (default: "
+                        "bench/results/frontier/<model>-<digits>)")
     parser.add_argument("--runs", default=None, help="the points' cache (default: runs/frontier/class-<digits>)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="only redraw the report from --out/frontier.json")
     args = parser.parse_args(argv)
+    bad = [d for d in args.concept if not 0 <= d <= 9]
+    if bad:
+        parser.error(f"--concept: expected digits 0-9, got {bad}")
+    tag = args.model + "-" + "-".join(map(str, args.concept))
+    args.out = args.out or os.path.join("bench", "results", "frontier", tag)
     if args.render:
         with open(os.path.join(args.out, "frontier.json")) as f:
             print(render(json.load(f), args.out))
         return 0
     args.values = parse_values(args.values)
-    args.runs = args.runs or os.path.join("runs", "frontier", "class-" + "-".join(map(str, args.concept)))
+    args.runs = args.runs or os.path.join("runs", "frontier", tag)
     if args.threads:
         torch.set_num_threads(args.threads)
-    original, scheduler = load_embedded("class")
-    evaluator = embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class))
+    original, scheduler = load_embedded(args.model)
+    evaluator = embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class), model=args.model)
     before = public(evaluator.evaluate(original, args.concept))
     points = run_all(args, evaluator, original)
-    data = {"date": datetime.date.today().isoformat(), "concept": args.concept, "steps": args.steps,
+    data = {"date": datetime.date.today().isoformat(), "model": args.model, "concept": args.concept, "steps": args.steps,
             "seeds": args.seeds, "eval": evaluator.settings_dict(), "points": points,
             "before": {k: before[k] for k in ("ua", "retain_acc", "fid")},
             "command": "python bench/frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from unlearn_fast.config import TrainConfig
-from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings
+from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings, embedded_train_args
 from unlearn_fast.eval.metrics import ClassEvaluator, EvalSettings, embedded_evaluator
 from unlearn_fast.eval.report import public, write_json
 from unlearn_fast.models_zoo import load_embedded
@@ -36,12 +36,12 @@ UA_TARGET = 0.99
 
 
 def method_config(method: str, forget: list[int], *, steps: int, output_dir: str, checkpoint_every: int = 0,
-                  **extra) -> TrainConfig:
+                  model: str = "class", **extra) -> TrainConfig:
     """The run of ``method`` every comparison uses: the demo's batch, learning rate, seed and
     per-method constants (``extra``: further TrainConfig fields, e.g. ``adversarial=True``, or ones
-    that replace the demo's, e.g. ``method_kwargs``)."""
+    that replace the demo's, e.g. ``method_kwargs``); ``model``: the embedded class or text model."""
     demo = DemoSettings()
-    return TrainConfig(method=method, forget=[str(f) for f in forget], max_steps=steps,
+    return TrainConfig(method=method, **embedded_train_args(model, forget, demo.pool_size), max_steps=steps,
                        batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
                        output_dir=output_dir, overwrite=True, checkpoint_every=checkpoint_every,
                        keep_checkpoints=0, log_every=steps, **{**DEMO_METHOD_DEFAULTS[method], **extra})

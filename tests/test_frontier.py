@@ -80,3 +80,25 @@ def test_render_writes_the_table_and_plots(frontier, tmp_path):
     table = frontier.render(data, str(tmp_path))
     assert "| ru | k=1 | 0.900 [0.800, 1.000] | 20.0 [10.0, 30.0]" in table
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "frontier.md").exists()
+
+
+def test_a_variant_trains_its_method_with_its_own_constants(frontier):
+    pi = frontier.SWEEPS["ru-pi"]
+    assert frontier.trained("ru-pi") == "ru" and frontier.constrained("ru-pi") and not frontier.constrained("esd")
+    over = pi.overrides(frontier.trained("ru-pi"), 40.0)
+    assert over["method_kwargs"]["dual_kp"] > 0 and over["method_kwargs"]["bound"] == 40.0
+    assert "dual_kp" not in frontier.SWEEPS["ru"].overrides("ru", 40.0)["method_kwargs"]
+
+
+def test_method_config_erases_the_text_models_prompt(frontier):
+    from quality import method_config  # bench/ is on sys.path once frontier is loaded
+
+    config = method_config("ru", [7], steps=3, output_dir="unused", model="text")
+    assert config.model == "text" and config.forget == ["a handwritten digit seven"]
+    assert len(config.retain) == 9 and config.data == "pool"
+    assert method_config("ru", [7], steps=3, output_dir="unused").forget == ["7"]
+
+
+def test_the_cli_rejects_a_concept_that_is_not_a_digit(frontier):
+    with pytest.raises(SystemExit):
+        frontier.main(["--concept", "12", "--render"])

@@ -55,6 +55,17 @@ DEMO_METHOD_DEFAULTS = {
 }
 
 
+def embedded_train_args(model: str, forget: list[int], pool_size: int = 32) -> dict:
+    """The ``TrainConfig`` fields that erase ``forget`` (digits) from the embedded ``model`` ("class" or
+    "text"): the class model trains on the MNIST split; the text model, which has no data and no
+    implicit "every other class", on a pool of its own samples of each prompt (``TEXT_POOL``)."""
+    names = embedded_condition_names(model)
+    args = dict(model=model, forget=[names[f] for f in forget])
+    if model == "text":
+        args.update(retain=[n for d, n in enumerate(names) if d not in forget], pool_size=pool_size, **TEXT_POOL)
+    return args
+
+
 @dataclass
 class DemoSettings:
     forget: list = field(default_factory=lambda: [3])  # digits; --model shapes: one concept ("striped")
@@ -119,11 +130,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     text = settings.model == "text"
     original, scheduler = load_embedded(settings.model)
-    names = embedded_condition_names(settings.model)
-    model_args = dict(model=settings.model, forget=[names[f] for f in settings.forget])
-    if text:  # a prompt model has no data and no implicit "every other class"
-        model_args.update(retain=[n for d, n in enumerate(names) if d not in settings.forget],
-                          pool_size=settings.pool_size, **TEXT_POOL)
+    model_args = embedded_train_args(settings.model, settings.forget, settings.pool_size)
     evaluator = embedded_evaluator(scheduler, settings.eval, settings.model)
     s = settings.eval
     n_steps = -(-10 * s.per_class // 256) * s.steps  # sampler calls per evaluation
