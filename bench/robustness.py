@@ -105,6 +105,7 @@ def attack(model_dir: str | None, digit: int, kind: str, out: str, *, init=None,
         with open(path) as f:
             rep = json.load(f)
         if rep["budget"]["steps"] == settings.attack_steps and rep.get("init") == init and (
+                rep["budget"].get("keep", "last") == settings.keep or kind in ("relearn", "resurgence")) and (
                 rep.get("fid") is not None or not fid):
             return rep
     return run_attack(settings, log=log)

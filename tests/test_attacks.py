@@ -67,10 +67,52 @@ def test_inversion_recovers_a_hidden_digit(hidden_seven, tmp_path):
     assert report["asr"] >= 0.6, report["asr"]
     assert report["budget"]["k"] == 16 and len(report["curve"]) == 60
     curve = report["per_step_asr"]  # read at step 0, every asr_every (10) steps and at the end
-    assert [p["step"] for p in curve] == list(range(0, 61, 10)) and curve[-1]["asr"] == report["asr"]
+    assert [p["step"] for p in curve] == list(range(0, 61, 10))
+    kept = next(p for p in curve if p["step"] == report["kept_step"])  # the detector's best read step
+    assert kept["asr"] == report["asr"] and kept["detector_asr"] == max(p["detector_asr"] for p in curve)
     assert curve[0]["asr"] == pytest.approx(report["asr_before"], abs=1e-4)  # it starts from the concept's own
     assert json.load(open(tmp_path / "out" / "report.json"))["asr"] == report["asr"]
     assert (tmp_path / "out" / "attack.png").stat().st_size > 0
+
+
+class _ScriptedContext:
+    """What ``_optimise`` reads of an attack context, with scripted evaluator and detector reads."""
+
+    def __init__(self, keep, evaluator, detector):
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(lr=0.1, asr_every=1, keep=keep)
+        self.init_id, self.before = None, None
+        self._evaluator, self._detector, self.reads = list(evaluator), list(detector), 0
+
+    def asr(self, attacked, cond_id):
+        self.reads += 1
+        return self._evaluator[self.reads - 1], torch.full((1,), float(self.reads - 1))
+
+    def detector_asr(self, attacked, cond_id):
+        return self._detector[self.reads - 1]
+
+
+@pytest.mark.parametrize("keep, step, asr", [("best", 1, 0.7), ("last", 4, 0.95)])
+def test_the_attack_keeps_the_detectors_best_step_never_the_evaluators(keep, step, asr):
+    from types import SimpleNamespace
+
+    from unlearn_fast.attacks.embedding import _optimise
+
+    attacked = SimpleNamespace(embedding=torch.nn.Parameter(torch.zeros(3)), attack_id=11)
+    seen = []
+
+    def loss_of_step(_):
+        seen.append(attacked.embedding.detach().clone())
+        return -attacked.embedding.sum()  # Adam moves every entry up by lr each step
+
+    # the evaluator's best is the last step (0.95); the detector's is step 1 (0.9, tied at step 3: the earlier)
+    ctx = _ScriptedContext(keep, evaluator=[0.0, 0.7, 0.8, 0.6, 0.95], detector=[0.1, 0.9, 0.5, 0.9, 0.2])
+    out = _optimise(ctx, attacked, loss_of_step, 4, None)
+    assert out["kept_step"] == step and out["asr"] == asr and float(out["samples"][0]) == step
+    assert [p["asr"] for p in out["per_step_asr"]] == [0.0, 0.7, 0.8, 0.6, 0.95]  # the whole curve is reported
+    assert torch.allclose(attacked.embedding.detach(), torch.full((3,), 0.1 * step), atol=1e-6)  # left at that step
+    assert ("detector_asr" in out["per_step_asr"][0]) == (keep == "best")
 
 
 @pytest.fixture(scope="module")

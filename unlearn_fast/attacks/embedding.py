@@ -7,7 +7,10 @@
   conditioning on ``k`` images of the concept (``x_t`` of random ``t`` and noise).
 
 Both start from the concept's own conditioning (``AttackedModel``) with Adam; the model's
-weights stay frozen. ASR is then read by the evaluator on samples of the found conditioning.
+weights stay frozen. The evaluator reads ASR every ``asr_every`` steps (the curve); with
+``keep = "best"`` the attack reports the read step the *detector* scores highest on samples of
+the attack's own seed (the trajectory is not monotone: a later step can lose what an earlier
+one found), with ``"last"`` the final step. The reported ASR is the evaluator's at that step.
 """
 
 from __future__ import annotations
@@ -32,18 +35,27 @@ def _attacked(ctx: AttackContext) -> AttackedModel:
 
 def _optimise(ctx: AttackContext, attacked: AttackedModel, loss_of_step, steps: int, progress) -> dict:
     """Adam on the free conditioning; the evaluator's ASR of it at step 0, every ``asr_every``
-    steps and at the end (``per_step_asr``; ``samples``: the last read's)."""
+    steps and at the end (``per_step_asr``), and the kept step (``settings.keep``): its ASR,
+    samples and embedding (left in ``attacked``)."""
     s = ctx.settings
     opt = torch.optim.Adam([attacked.embedding], lr=s.lr if s.lr is not None else EMBEDDING_LR)
     curve, per_step = [], []
+    kept = {}
 
     def read(step):
         with torch.no_grad():
-            asr, samples = ctx.asr(attacked, attacked.attack_id)
-        per_step.append({"step": step, "asr": round(asr, 4)})
-        return samples
+            if step == 0 and ctx.init_id is None and ctx.before is not None:
+                asr, samples = ctx.before  # the unattacked concept's: the runner has read it
+            else:
+                asr, samples = ctx.asr(attacked, attacked.attack_id)
+            point = {"step": step, "asr": round(asr, 4)}
+            if s.keep == "best":
+                point["detector_asr"] = round(ctx.detector_asr(attacked, attacked.attack_id), 4)
+        per_step.append(point)
+        if s.keep == "last" or not kept or point["detector_asr"] > kept["detector_asr"]:  # ties: the earlier
+            kept.update(point, samples=samples, embedding=attacked.embedding.detach().clone())
 
-    samples = read(0)
+    read(0)
     for step in range(1, steps + 1):
         loss = loss_of_step(step)
         opt.zero_grad(set_to_none=True)
@@ -51,11 +63,13 @@ def _optimise(ctx: AttackContext, attacked: AttackedModel, loss_of_step, steps: 
         opt.step()
         curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
         if step % s.asr_every == 0 or step == steps:
-            samples = read(step)
+            read(step)
         if progress is not None:
             progress.update(1)
+    with torch.no_grad():
+        attacked.embedding.copy_(kept["embedding"])
     return {"model": attacked, "cond_id": attacked.attack_id, "curve": curve, "per_step_asr": per_step,
-            "samples": samples}
+            "samples": kept["samples"], "asr": kept["asr"], "kept_step": kept["step"]}
 
 
 def embedding_attack(ctx: AttackContext, progress=None) -> dict:
@@ -76,7 +90,8 @@ def embedding_attack(ctx: AttackContext, progress=None) -> dict:
 
     return {**_optimise(ctx, attacked, loss_of_step, s.attack_steps, progress),
             "budget": {"steps": s.attack_steps, "samples_per_step": s.batch_size, "sampler_steps": s.sampler_steps,
-                       "guidance": ctx.guidance, "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "detector"}}
+                       "guidance": ctx.guidance, "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "detector",
+                       "keep": s.keep}}
 
 
 def denoising_target(scheduler, x0, noise, t):
@@ -114,4 +129,5 @@ def inversion_attack(ctx: AttackContext, progress=None) -> dict:
 
     return {**_optimise(ctx, attacked, loss_of_step, s.attack_steps, progress),
             "budget": {"steps": s.attack_steps, "k": s.k, "images_per_step": min(s.batch_size, s.k),
-                       "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "denoising loss (no classifier)"}}
+                       "lr": s.lr or EMBEDDING_LR, "seed": s.seed, "guided_by": "denoising loss (no classifier)",
+                       "keep": s.keep}}

@@ -48,9 +48,12 @@ def _finetune(ctx: AttackContext, images: torch.Tensor, cond_ids: torch.Tensor, 
     per_step, curve = [], []
 
     def read(step):
-        model.module.eval()
-        asr, samples = ctx.asr(model, ctx.concept_id)
-        model.module.train()
+        if step == 0 and ctx.before is not None:
+            asr, samples = ctx.before  # the unattacked model's: the runner has read it
+        else:
+            model.module.eval()
+            asr, samples = ctx.asr(model, ctx.concept_id)
+            model.module.train()
         per_step.append({"step": step, "asr": round(asr, 4)})
         return samples
 
@@ -69,6 +72,7 @@ def _finetune(ctx: AttackContext, images: torch.Tensor, cond_ids: torch.Tensor, 
             progress.update(1)
     model.module.eval().requires_grad_(False)
     return {"model": model, "cond_id": ctx.concept_id, "curve": curve, "per_step_asr": per_step, "samples": samples,
+            "asr": per_step[-1]["asr"], "kept_step": s.attack_steps,
             "budget": {"steps": s.attack_steps, "k": len(images), "images_per_step": min(s.batch_size, len(images)),
                        "lr": lr, "seed": s.seed}}
 

@@ -14,7 +14,8 @@ from .finetune import relearn_attack, resurgence_attack
 from .settings import AttackSettings
 from .target import attack_target
 
-#: attack name -> run(ctx, progress) -> {"model", "cond_id", "curve", "budget", "per_step_asr", "samples"}
+#: attack name -> run(ctx, progress) -> {"model", "cond_id", "curve", "budget", "per_step_asr", "samples", "asr",
+#: "kept_step"} (the ASR and samples of the step reported: the fine-tuning attacks' last)
 ATTACKS = {"embedding": embedding_attack, "inversion": inversion_attack, "relearn": relearn_attack,
            "resurgence": resurgence_attack}
 
@@ -101,11 +102,12 @@ def run_attack(settings: AttackSettings, log=print) -> dict:
     t0 = time.perf_counter()
     ctx = build_context(settings, log)
     asr_before, before = ctx.asr(ctx.model, ctx.concept_id)
+    ctx.before = (asr_before, before)
     log(f"[{settings.attack}] {settings.model} model {settings.model_path or '(embedded original)'}, concept "
         f"{ctx.target.name!r}: ASR before {asr_before:.3f} ({settings.samples} samples)")
     with tqdm(total=settings.attack_steps, desc=settings.attack, leave=False, disable=None) as bar:
         result = ATTACKS[settings.attack](ctx, bar)
-    asr, after = result["per_step_asr"][-1]["asr"], result["samples"]
+    asr, after = result["asr"], result["samples"]
     start = None  # the ASR of the conditioning an --init attack starts from (its step-0 read)
     if ctx.init_id is not None and settings.attack in ("embedding", "inversion"):
         start = result["per_step_asr"][0]["asr"]
@@ -115,7 +117,8 @@ def run_attack(settings: AttackSettings, log=print) -> dict:
     report = {
         "model": settings.model, "model_path": settings.model_path, "concept": ctx.target.name,
         "condition": ctx.target.condition, "attack": settings.attack, "asr_before": asr_before, "asr": asr,
-        "asr_start": start, "init": settings.init, "budget": result["budget"], "asr_samples": settings.samples,
+        "asr_start": start, "init": settings.init, "kept_step": result["kept_step"], "budget": result["budget"],
+        "asr_samples": settings.samples,
         "asr_sampler": f"DDIM eta=0, {settings.eval_steps} steps, guidance {ctx.guidance}, seed 1234",
         "asr_reader": "the evaluator's classifier (the detector guides the embedding attack only)",
         "curve": result["curve"], "per_step_asr": result["per_step_asr"],
@@ -128,7 +131,8 @@ def run_attack(settings: AttackSettings, log=print) -> dict:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     save_attack_grid(os.path.join(settings.out, "attack.png"), before, after)
-    log(f"[{settings.attack}] ASR {asr_before:.3f} -> {asr:.3f}" +
+    kept = "" if result["kept_step"] == settings.attack_steps else f" (step {result['kept_step']}, the detector's best)"
+    log(f"[{settings.attack}] ASR {asr_before:.3f} -> {asr:.3f}{kept}" +
         (f"; FID {report['fid']:.2f}" if "fid" in report else "") + f"; report {path}")
     return report
 

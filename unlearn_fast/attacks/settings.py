@@ -45,6 +45,10 @@ class AttackSettings:
     samples: int = _help("samples the evaluator reads for each ASR", default=100)
     eval_steps: int = _help("DDIM steps of the ASR and FID samplers", default=20)
     asr_every: int = _help("ASR every this many attack steps (the per-step curve, per_step_asr)", default=10)
+    keep: Literal["best", "last"] = _help(
+        "embedding, inversion: the conditioning reported: best = the read step (every asr_every) whose samples "
+        "the detector reads as the concept most often, on samples of the attack's own seed (as UnlearnDiffAtk "
+        "stops at its first success); last = the final step's", default="best")
     fid: bool = _help("also report the attacked model's FID and retain accuracy (the evaluator's samples "
                       "of every other concept)", default=True)
     fid_per_class: int = _help("samples per retained digit of the FID evaluation (shapes: a sixth of it per "
