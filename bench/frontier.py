@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ SWEEPS = {
     # the same, the dual updated by the PI controller (duals.py): the proportional term answers the
     # change of the error, which damps the integrator's swing around the bound
     "ru-pi": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=RU_NATS + (("dual_kp", 1.0),)),
+    # plain ascent with a smaller step (less wind-up while the constraint is far)
+    "ru-slow": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru",
+                    kwargs=(("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.03))),
+    # a damped controller: the integral step halved, the proportional gain tripled
+    "ru-pi3": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru",
+                   kwargs=(("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.05), ("dual_kp", 3.0))),
     # LU's bound: the allowed mean likelihood ratio (methods/lu.py); FU's: the denoising loss each
     # forget image must reach (per-sample duals); the demo's constants otherwise
     "lu": Knob("bound", (0.1, 0.25, 0.5, 1.0, 2.0)),
@@ -152,9 +159,11 @@ def run_all(args, evaluator, original) -> list[dict]:
                     with open(path) as f:
                         points.append(json.load(f))
                     continue
-                p = run_point(method, knob, value, seed, args.concept, args.steps, evaluator, original,
-                              os.path.join(args.runs, "work"), args.model)
+                work = os.path.join(args.runs, f"work-{os.getpid()}")  # one per process: runs may share --runs
+                p = run_point(method, knob, value, seed, args.concept, args.steps, evaluator, original, work,
+                              args.model)
                 write_json(path, p)
+                shutil.rmtree(work, ignore_errors=True)  # the point is its JSON; the model is not kept
                 points.append(p)
                 print(f"{method} {knob.name}={value:g} seed {seed}: UA {p['ua']:.3f} retain {p['retain_acc']:.3f} "
                       f"FID {p['fid']:.2f} KL {p['kl_to_original']:.1f} {p['duals'] or ''}", flush=True)

@@ -11,7 +11,8 @@ over the teacher's predictions, run once without gradient before the loss.
 
 Estimated, not exact: a single-timestep estimate of ``log r`` (clipped to
 ``[-log_ratio_clip, log_ratio_clip]``), ``x_t`` from forward-noised pool or data samples
-rather than from ``p`` itself (section 9).
+rather than from ``p`` itself (section 9). The estimate reads the teacher only, so the dual
+does not see the student: it rises to ``lambda_max`` or falls to 0 (docs/math.md section 6).
 """
 
 from __future__ import annotations
