@@ -263,3 +263,16 @@ def test_adversarial_settings_errors_name_the_key(class_dir, tmp_path):
         _adv_config(class_dir, tmp_path, adversarial_share=0.0)
     with pytest.raises(ConfigError, match=r"^adversarial_every: expected an int >= 1"):
         _adv_config(class_dir, tmp_path, adversarial_every=0)
+    with pytest.raises(ConfigError, match=r"^adversarial_steps: expected an int >= 1, got 0"):
+        _adv_config(class_dir, tmp_path, adversarial_steps=0)
+    with pytest.raises(ConfigError, match=r"^adversarial_lr: expected a float > 0"):
+        _adv_config(class_dir, tmp_path, adversarial_lr=0.0)
+
+
+def test_the_adversarial_wrapper_checks_its_settings_as_the_config_does():
+    from unlearn_fast.methods.adversarial import Adversarial
+
+    with pytest.raises(ValueError, match=r"^adversarial_steps: expected an int >= 1, got 0"):
+        Adversarial(object(), 3, steps=0)
+    with pytest.raises(ValueError, match=r"^adversarial_share: expected a float in \(0, 1\], got 1.5"):
+        Adversarial(object(), 3, share=1.5)

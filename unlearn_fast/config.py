@@ -196,7 +196,7 @@ class TrainConfig:
             raise ConfigError(f"method: expected one of {sorted(METHODS)}, got {self.method!r}")
         _check_method_kwargs(self.method, METHODS[self.method], self.method_kwargs)
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "lora_rank", "pool_size", "pool_steps",
-                    "sampler_steps", "adversarial_every", "adversarial_steps")
+                    "sampler_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
@@ -207,10 +207,13 @@ class TrainConfig:
             raise ConfigError(f"forget_fraction: expected a float in [0, 1], got {self.forget_fraction}")
         if not self.l2_anchor >= 0:
             raise ConfigError(f"l2_anchor: expected a float >= 0, got {self.l2_anchor}")
-        if not 0.0 < self.adversarial_share <= 1.0:
-            raise ConfigError(f"adversarial_share: expected a float in (0, 1], got {self.adversarial_share}")
-        if not self.adversarial_lr > 0:
-            raise ConfigError(f"adversarial_lr: expected a float > 0, got {self.adversarial_lr}")
+        from .methods.adversarial import check_adversarial
+
+        try:
+            check_adversarial(self.adversarial_every, self.adversarial_steps, self.adversarial_lr,
+                              self.adversarial_share)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.adversarial and len(self.forget) != 1:
             raise ConfigError(f"adversarial: the inner attack optimises one conditioning, so a run erases one "
                               f"concept; got forget = {self.forget}")

@@ -25,6 +25,18 @@ import torch.nn.functional as F
 from .base import FORGET, Batch, Method, Recipe
 
 
+def check_adversarial(every: int, steps: int, lr: float, share: float) -> None:
+    """One ``ValueError`` naming the ``adversarial_*`` setting that is out of range (the trainer's
+    config and the class both check with it)."""
+    for name, value in (("adversarial_every", every), ("adversarial_steps", steps)):
+        if value < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"adversarial_share: expected a float in (0, 1], got {share}")
+    if not lr > 0:
+        raise ValueError(f"adversarial_lr: expected a float > 0, got {lr}")
+
+
 class Adversarial(Method):
     """Args:
         method: the wrapped method (its recipe, duals, state and metrics are kept).
@@ -37,12 +49,7 @@ class Adversarial(Method):
 
     def __init__(self, method: Method, concept: int, *, every: int = 5, steps: int = 10, lr: float = 0.1,
                  share: float = 0.5):
-        if every < 1 or steps < 1:
-            raise ValueError(f"adversarial_every, adversarial_steps: expected ints >= 1, got {every}, {steps}")
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"adversarial_share: expected a float in (0, 1], got {share}")
-        if not lr > 0:
-            raise ValueError(f"adversarial_lr: expected a float > 0, got {lr}")
+        check_adversarial(every, steps, lr, share)
         self.inner = method
         self.concept = concept
         self.every, self.steps, self.lr, self.share = every, steps, lr, share
