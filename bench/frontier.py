@@ -86,6 +86,10 @@ SWEEPS = {
 }
 
 
+#: the UA at which a point counts as erasing (the demo's acceptance)
+UA_ERASED = 0.99
+
+
 def point_path(runs: str, method: str, knob: Knob, value, seed: int) -> str:
     return os.path.join(runs, method, f"{knob.name}={value:g}", f"seed{seed}.json")
 
@@ -199,10 +203,11 @@ def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = (("kl_to_original", "KL to the original on retained digits (nats)"),
               ("retain_acc", "retain accuracy"), ("fid", "Frechet distance (retained digits)"))
+    low = min(r["ua_range"][0] for r in rows)
     for ax, (key, label) in zip(axes, panels):
-        ax.scatter([before.get(key, 0.0)], [before["ua"]], marker="*", s=150, c="black", label="original", zorder=3)
+        ax.axvline(before.get(key, 0.0), color="black", lw=1, ls=":", label=f"original (UA {before['ua']:.2f})")
         for method in dict.fromkeys(r["method"] for r in rows):
-            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r[key])
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["value"])  # in order of strength
             x, y = [r[key] for r in rs], [r["ua"] for r in rs]
             style = "o-" if constrained(method) else "s--"
             line, = ax.plot(x, y, style, ms=4, label=method)
@@ -213,11 +218,14 @@ def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
                                 yerr=[[r["ua"] - ylo], [yhi - r["ua"]]], color=line.get_color(), lw=0.8, capsize=2)
         ax.set_xlabel(label)
         ax.set_ylabel("UA (unlearning accuracy)")
+        ax.set_ylim(max(0.0, low - 0.05), 1.02)  # the original's UA is in the legend, not on the axis
         if key == "kl_to_original":
             ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(left=0.0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("solid: constrained (primal-dual), dashed: fixed-weight; bars: min-max over seeds")
+    fig.suptitle("solid: constrained (primal-dual), dashed: fixed-weight; each line in the order of its knob's values; "
+                 "bars: min-max over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -238,12 +246,14 @@ def plot_duals(points: list[dict], path: str) -> None:
         for p in (q for q in traced if q["method"] == method):
             tr = p["dual_trace"]
             axes[0, j].plot(tr["step"], tr["lambda"], lw=1, label=f"{p['knob']}={p['value']:g}")
-            axes[1, j].plot(tr["step"], tr["constraint"], lw=1)
-            axes[1, j].axhline(p["value"], lw=0.6, ls=":", color=axes[1, j].lines[-1].get_color())
+            ratio = [None if c is None else c / p["value"] for c in tr["constraint"]]
+            axes[1, j].plot(tr["step"], ratio, lw=1)
+        axes[1, j].axhline(1.0, lw=0.8, ls=":", color="black")
         axes[0, j].set_title(f"{method}: lambda")
-        axes[1, j].set_title(f"{method}: constraint estimate (dotted: the bound)")
+        axes[1, j].set_title(f"{method}: constraint estimate / bound")
         axes[1, j].set_xlabel("step")
-        axes[1, j].set_yscale("symlog", linthresh=1.0)
+        axes[1, j].set_yscale("log")
+        axes[1, j].set_ylim(0.05, 20)
         axes[0, j].legend(fontsize=7)
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
@@ -276,6 +286,24 @@ def render(data: dict, out: str) -> str:
         lines.append(f"| {r['method']} | {r['knob']}={r['value']:g} | {cell(r, 'ua', '.3f')} | "
                      f"{cell(r, 'kl_to_original', '.1f')} | {cell(r, 'retain_acc', '.3f')} | {cell(r, 'fid', '.2f')} | "
                      f"{cap} | {swing} |")
+    lines += ["", f"Least damage at UA >= {UA_ERASED} (mean over seeds), per method: the point of lowest KL to the "
+              "original, and the best retain accuracy and FID among the erasing points.", "",
+              "| method | erasing points | lowest KL (at) | best retain acc (at) | best FID (at) |", "|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        erasing = [r for r in rows if r["method"] == method and r["ua"] >= UA_ERASED]
+        total = sum(r["method"] == method for r in rows)
+        if not erasing:
+            lines.append(f"| {method} | 0 of {total} | - | - | - |")
+            continue
+
+        def at(r):
+            return f"{r['knob']}={r['value']:g}"
+
+        kl = min(erasing, key=lambda r: r["kl_to_original"])
+        ret = max(erasing, key=lambda r: r["retain_acc"])
+        fid = min(erasing, key=lambda r: r["fid"])
+        lines.append(f"| {method} | {len(erasing)} of {total} | {kl['kl_to_original']:.1f} ({at(kl)}) | "
+                     f"{ret['retain_acc']:.3f} ({at(ret)}) | {fid['fid']:.2f} ({at(fid)}) |")
     table = "\n".join(lines)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "frontier.md"), "w") as f:

@@ -77,8 +77,10 @@ def test_render_writes_the_table_and_plots(frontier, tmp_path):
             "before": {"ua": 0.05, "retain_acc": 0.96, "fid": 2.4},
             "points": [_point("ru", 1.0, 0, 0.8, 10.0, 0.5), _point("ru", 1.0, 1, 1.0, 30.0, 0.7),
                        _point("esd", 2.0, 0, 0.9, 5.0)]}
+    data["points"].append(_point("ru", 2.0, 0, 1.0, 12.0, 0.2))
     table = frontier.render(data, str(tmp_path))
     assert "| ru | k=1 | 0.900 [0.800, 1.000] | 20.0 [10.0, 30.0]" in table
+    assert "| ru | 1 of 2 | 12.0 (k=2) |" in table and "| esd | 0 of 1 | - |" in table  # UA 0.9 does not erase
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "frontier.md").exists()
 
 
