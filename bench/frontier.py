@@ -70,6 +70,9 @@ SWEEPS = {
     # the same, the dual updated by the PI controller (duals.py): the proportional term answers the
     # change of the error, which damps the integrator's swing around the bound
     "ru-pi": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=RU_NATS + (("dual_kp", 1.0),)),
+    # the bound in the training weighting's units, the demo's dual constants (lambda_max 0.75, dual_lr 2)
+    "ru-weighted": Knob("bound", (0.005, 0.01, 0.02, 0.05, 0.1), method="ru",
+                        kwargs=(("bound_units", "weighted"), ("dual_lr", 2.0), ("lambda_max", 0.75))),
     # plain ascent with a smaller step (less wind-up while the constraint is far)
     "ru-slow": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru",
                     kwargs=(("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.03))),
@@ -161,7 +164,12 @@ def run_all(args, evaluator, original) -> list[dict]:
                 path = point_path(args.runs, method, knob, value, seed)
                 if os.path.exists(path):
                     with open(path) as f:
-                        points.append(json.load(f))
+                        cached = json.load(f)
+                    if cached.get("overrides") == json.loads(json.dumps(knob.overrides(trained(method), value))):
+                        points.append(cached)
+                        continue
+                    print(f"{path}: run with other settings than the sweep's now; running it again", flush=True)
+                if args.cached:
                     continue
                 work = os.path.join(args.runs, f"work-{os.getpid()}")  # one per process: runs may share --runs
                 p = run_point(method, knob, value, seed, args.concept, args.steps, evaluator, original, work,
@@ -272,9 +280,9 @@ def render(data: dict, out: str) -> str:
              f"{data['eval']['guidance']}, seed {data['eval']['seed']}). Values: the mean over seeds, [min, max] "
              f"beside it. RU's bound in nats (bound_units=nats: the chain's KL to the forget concept, methods/nats.py). at cap: share of the steps the dual sat at "
              f"lambda_max; swing: std of lambda over the last half of the run.", "",
-             "| method | knob | UA | KL to original (nats) | retain acc | FID | at cap | swing |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| original | - | {before['ua']:.3f} | 0 | {before['retain_acc']:.3f} | {before['fid']:.2f} | | |"]
+             "| method | knob | seeds | UA | KL to original (nats) | retain acc | FID | at cap | swing |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| original | - | | {before['ua']:.3f} | 0 | {before['retain_acc']:.3f} | {before['fid']:.2f} | | |"]
 
     def cell(r, key, fmt):
         lo, hi = r[key + "_range"]
@@ -283,7 +291,7 @@ def render(data: dict, out: str) -> str:
     for r in rows:
         cap = "-" if r["at_cap"] is None else f"{r['at_cap']:.2f}"
         swing = "-" if r["lambda_swing"] is None else f"{r['lambda_swing']:.3f}"
-        lines.append(f"| {r['method']} | {r['knob']}={r['value']:g} | {cell(r, 'ua', '.3f')} | "
+        lines.append(f"| {r['method']} | {r['knob']}={r['value']:g} | {r['seeds']} | {cell(r, 'ua', '.3f')} | "
                      f"{cell(r, 'kl_to_original', '.1f')} | {cell(r, 'retain_acc', '.3f')} | {cell(r, 'fid', '.2f')} | "
                      f"{cap} | {swing} |")
     lines += ["", f"Least damage at UA >= {UA_ERASED} (mean over seeds), per method: the point of lowest KL to the "
@@ -343,6 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=None, help="the points' cache (default: runs/frontier/class-<digits>)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="only redraw the report from --out/frontier.json")
+    parser.add_argument("--cached", action="store_true", help="report the points of --methods/--values/--seeds "
+                        "already run under --runs, run none of the others")
     args = parser.parse_args(argv)
     bad = [d for d in args.concept if not 0 <= d <= 9]
     if bad:

@@ -79,7 +79,7 @@ def test_render_writes_the_table_and_plots(frontier, tmp_path):
                        _point("esd", 2.0, 0, 0.9, 5.0)]}
     data["points"].append(_point("ru", 2.0, 0, 1.0, 12.0, 0.2))
     table = frontier.render(data, str(tmp_path))
-    assert "| ru | k=1 | 0.900 [0.800, 1.000] | 20.0 [10.0, 30.0]" in table
+    assert "| ru | k=1 | 2 | 0.900 [0.800, 1.000] | 20.0 [10.0, 30.0]" in table
     assert "| ru | 1 of 2 | 12.0 (k=2) |" in table and "| esd | 0 of 1 | - |" in table  # UA 0.9 does not erase
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "frontier.md").exists()
 
@@ -104,3 +104,17 @@ def test_method_config_erases_the_text_models_prompt(frontier):
 def test_the_cli_rejects_a_concept_that_is_not_a_digit(frontier):
     with pytest.raises(SystemExit):
         frontier.main(["--concept", "12", "--render"])
+
+
+def test_cached_reports_what_was_run_and_runs_nothing(frontier, tmp_path):
+    from types import SimpleNamespace
+
+    knob = frontier.SWEEPS["esd"]
+    point = {**_point("esd", 1.0, 0, 1.0, 20.0), "overrides": knob.overrides("esd", 1.0)}
+    frontier.write_json(frontier.point_path(str(tmp_path), "esd", knob, 1.0, 0), point)
+    stale = {**_point("esd", 2.0, 0, 1.0, 70.0), "overrides": {"method_kwargs": {"eta": 2.0}}}  # other settings
+    frontier.write_json(frontier.point_path(str(tmp_path), "esd", knob, 2.0, 0), stale)
+    args = SimpleNamespace(methods=["esd"], values={"esd": (1.0, 2.0, 4.0)}, seeds=[0, 1], runs=str(tmp_path),
+                           cached=True, concept=[3], steps=1, model="class")
+    points = frontier.run_all(args, None, None)  # no evaluator: a run would fail
+    assert [(p["value"], p["seed"]) for p in points] == [(1.0, 0)]
