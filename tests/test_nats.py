@@ -137,3 +137,14 @@ def test_bad_settings_get_clear_errors():
                                teacher=TinyModel(2, frozen=True))
     with pytest.raises(ValueError, match="bound_units.*flow"):
         flow.loss(batch(), torch.Generator().manual_seed(0))
+
+
+def test_the_default_dual_step_follows_the_bound_units():
+    from unlearn_fast.methods.ru import NATS_DUAL_LR, WEIGHTED_DUAL_LR
+
+    nats = ReverseKLUnlearning([0], NULL, num_conditions=N_COND, bound_units="nats", bound=40.0)
+    weighted = ReverseKLUnlearning([0], NULL, num_conditions=N_COND, bound=0.05)
+    assert nats.duals.lr == pytest.approx(NATS_DUAL_LR / 40.0)  # per unit of relative error
+    assert weighted.duals.lr == pytest.approx(WEIGHTED_DUAL_LR)
+    given = ReverseKLUnlearning([0], NULL, num_conditions=N_COND, bound_units="nats", bound=40.0, dual_lr=0.1)
+    assert given.duals.lr == pytest.approx(0.1 / 40.0)

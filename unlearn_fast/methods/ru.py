@@ -38,6 +38,8 @@ from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, on_device, pe
 
 DIVERGENCES = ("kl", "hellinger")
 BOUND_UNITS = ("weighted", "nats")
+#: the default dual step in each unit (nats: per unit of relative error)
+WEIGHTED_DUAL_LR, NATS_DUAL_LR = 2.0, 0.03
 
 
 class ReverseKLUnlearning(Method):
@@ -45,7 +47,9 @@ class ReverseKLUnlearning(Method):
         forget: condition ids of the concepts to erase (one dual variable each).
         anchor: condition id of the anchor ``q_a`` (the null condition, or an anchor concept).
         bound: ``b_i``, the separation each concept must reach (the units of ``w * dist``).
-        dual_lr, lambda_max, init_lambda: the dual step (``lambda_max`` below ``1 / m``).
+        dual_lr, lambda_max, init_lambda: the dual step (``lambda_max`` below ``1 / m``); ``dual_lr``
+            None: 2.0 in weighted units, 0.03 per unit of relative error in nats (the step that
+            holds the bound with the steadiest dual in bench/frontier.py's comparison).
         dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
         retain_weight: weight of the retain-prompt distillation term (0 disables it).
         divergence: ``"kl"`` or ``"hellinger"``.
@@ -59,7 +63,7 @@ class ReverseKLUnlearning(Method):
     name = "ru"
 
     def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
-                 dual_lr: float = 2.0, lambda_max: float | None = None, init_lambda: float = 0.3,
+                 dual_lr: float | None = None, lambda_max: float | None = None, init_lambda: float = 0.3,
                  retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0,
                  bound_units: str = "weighted", nats_probe: int = 4):
         if not forget:
@@ -87,6 +91,8 @@ class ReverseKLUnlearning(Method):
         if bound_units == "nats" and not bound > 0:
             raise ValueError(f"bound: a bound in nats must be positive, got {bound}")
         per = bound if bound_units == "nats" else 1.0  # nats: steps per unit of relative error
+        if dual_lr is None:
+            dual_lr = NATS_DUAL_LR if bound_units == "nats" else WEIGHTED_DUAL_LR
         self.duals = None if fixed_alpha is not None else DualVariables(
             m, bound, lr=dual_lr / per, lambda_max=lambda_max, max_total=0.95, init=min(init_lambda, lambda_max),
             kp=dual_kp / per)
