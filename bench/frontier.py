@@ -135,11 +135,17 @@ def constrained(name: str) -> bool:
     return trained(name) in CONSTRAINED
 
 
+def point_overrides(method: str, knob: Knob, value) -> dict:
+    """The TrainConfig fields a point changes (a point's ``overrides``; the steps travel apart)."""
+    over = knob.overrides(trained(method), value)
+    over.pop("max_steps", None)
+    return over
+
+
 def run_point(method: str, knob: Knob, value, seed: int, concept: list[int], steps: int, evaluator, original,
               workdir: str, model: str = "class") -> dict:
-    over = knob.overrides(trained(method), value)
+    over = point_overrides(method, knob, value)
     run_steps = int(value) if knob.name == "max_steps" else steps
-    over.pop("max_steps", None)
     log_every = 1 if constrained(method) else run_steps
     config = method_config(trained(method), concept, steps=run_steps, output_dir=workdir, model=model, **over)
     config.seed, config.log_every = seed, log_every
@@ -165,7 +171,7 @@ def run_all(args, evaluator, original) -> list[dict]:
                 if os.path.exists(path):
                     with open(path) as f:
                         cached = json.load(f)
-                    if cached.get("overrides") == json.loads(json.dumps(knob.overrides(trained(method), value))):
+                    if cached.get("overrides") == json.loads(json.dumps(point_overrides(method, knob, value))):
                         points.append(cached)
                         continue
                     print(f"{path}: run with other settings than the sweep's now; running it again", flush=True)
@@ -202,36 +208,54 @@ def aggregate(points: list[dict]) -> list[dict]:
     return rows
 
 
+#: the zoomed row of the frontier plot keeps the points that still draw the retained digits
+ZOOM_RETAIN_DROP, ZOOM_UA = 0.05, 0.8
+
+
+def _frontier_panel(ax, rows: list[dict], before: dict, key: str, label: str, zoom: bool) -> None:
+    ax.axvline(before.get(key, 0.0), color="black", lw=1, ls=":", label=f"original (UA {before['ua']:.2f})")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["value"])  # in the knob's order
+        line, = ax.plot([r[key] for r in rs], [r["ua"] for r in rs], "o-" if constrained(method) else "s--", ms=4,
+                        label=method)
+        for r in (r for r in rs if r["seeds"] > 1):
+            (ylo, yhi), (xlo, xhi) = r["ua_range"], r[key + "_range"]
+            ax.errorbar([r[key]], [r["ua"]], xerr=[[r[key] - xlo], [xhi - r[key]]],
+                        yerr=[[r["ua"] - ylo], [yhi - r["ua"]]], color=line.get_color(), lw=0.8, capsize=2)
+    ax.set_xlabel(label)
+    ax.set_ylabel("UA (unlearning accuracy)")
+    kept = [r for r in rows if r["retain_acc"] >= before["retain_acc"] - ZOOM_RETAIN_DROP and r["ua"] >= ZOOM_UA]
+    if zoom and kept:
+        lo, hi = min(r[key + "_range"][0] for r in kept), max(r[key + "_range"][1] for r in kept)
+        lo, hi = min(lo, before.get(key, lo)), max(hi, before.get(key, hi))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad if key != "kl_to_original" else max(0.0, lo * 0.8), hi + pad)
+        ax.set_ylim(min(r["ua_range"][0] for r in kept) - 0.02, 1.01)
+    else:
+        ax.set_ylim(max(0.0, min(r["ua_range"][0] for r in rows) - 0.05), 1.02)
+    if key == "kl_to_original":
+        ax.set_xscale("symlog", linthresh=1.0)
+        if not zoom:
+            ax.set_xlim(left=0.0)
+    ax.grid(alpha=0.3)
+
+
 def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
+    """Top: every point; bottom: zoomed on the points that erase (UA >= 0.8) and keep the retained
+    digits (retain accuracy within 5 points of the original's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
     panels = (("kl_to_original", "KL to the original on retained digits (nats)"),
               ("retain_acc", "retain accuracy"), ("fid", "Frechet distance (retained digits)"))
-    low = min(r["ua_range"][0] for r in rows)
-    for ax, (key, label) in zip(axes, panels):
-        ax.axvline(before.get(key, 0.0), color="black", lw=1, ls=":", label=f"original (UA {before['ua']:.2f})")
-        for method in dict.fromkeys(r["method"] for r in rows):
-            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["value"])  # in order of strength
-            x, y = [r[key] for r in rs], [r["ua"] for r in rs]
-            style = "o-" if constrained(method) else "s--"
-            line, = ax.plot(x, y, style, ms=4, label=method)
-            for r in rs:
-                (ylo, yhi), (xlo, xhi) = r["ua_range"], r[key + "_range"]
-                if r["seeds"] > 1:
-                    ax.errorbar([r[key]], [r["ua"]], xerr=[[r[key] - xlo], [xhi - r[key]]],
-                                yerr=[[r["ua"] - ylo], [yhi - r["ua"]]], color=line.get_color(), lw=0.8, capsize=2)
-        ax.set_xlabel(label)
-        ax.set_ylabel("UA (unlearning accuracy)")
-        ax.set_ylim(max(0.0, low - 0.05), 1.02)  # the original's UA is in the legend, not on the axis
-        if key == "kl_to_original":
-            ax.set_xscale("symlog", linthresh=1.0)
-            ax.set_xlim(left=0.0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    for row, zoom in ((0, False), (1, True)):
+        for ax, (key, label) in zip(axes[row], panels):
+            _frontier_panel(ax, rows, before, key, label, zoom)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[1, 0].set_title("zoomed: UA >= 0.8, retain within 5 points of the original", fontsize=9, loc="left")
     fig.suptitle("solid: constrained (primal-dual), dashed: fixed-weight; each line in the order of its knob's values; "
                  "bars: min-max over seeds")
     fig.tight_layout()
