@@ -118,3 +118,9 @@ def test_cached_reports_what_was_run_and_runs_nothing(frontier, tmp_path):
                            cached=True, concept=[3], steps=1, model="class")
     points = frontier.run_all(args, None, None)  # no evaluator: a run would fail
     assert [(p["value"], p["seed"]) for p in points] == [(1.0, 0)]
+    steps = frontier.SWEEPS["ablation"]  # its knob is the steps, which a point keeps apart from its overrides
+    frontier.write_json(frontier.point_path(str(tmp_path), "ablation", steps, 50, 0),
+                        {**_point("ablation", 50, 0, 0.5, 30.0), "overrides": frontier.point_overrides(
+                            "ablation", steps, 50)})
+    args.methods, args.values = ["ablation"], {"ablation": (50,)}
+    assert len(frontier.run_all(args, None, None)) == 1
