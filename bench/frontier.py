@@ -62,6 +62,13 @@ class Knob:
 
 
 RU_NATS = (("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.1))
+
+
+def ru_nats(**changes) -> tuple:
+    """RU_NATS with some of its constants changed (or others added)."""
+    return tuple({**dict(RU_NATS), **changes}.items())
+
+
 SWEEPS = {
     # RU's bound in nats: the whole reverse chain's KL to the forget concept (methods/nats.py), the
     # primal trained at the demo's weighting; the cap lifted so that the bound, not the cap, decides;
@@ -69,16 +76,14 @@ SWEEPS = {
     "ru": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), kwargs=RU_NATS),
     # the same, the dual updated by the PI controller (duals.py): the proportional term answers the
     # change of the error, which damps the integrator's swing around the bound
-    "ru-pi": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=RU_NATS + (("dual_kp", 1.0),)),
+    "ru-pi": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=ru_nats(dual_kp=1.0)),
     # the bound in the training weighting's units, the demo's dual constants (lambda_max 0.75, dual_lr 2)
     "ru-weighted": Knob("bound", (0.005, 0.01, 0.02, 0.05, 0.1), method="ru",
                         kwargs=(("bound_units", "weighted"), ("dual_lr", 2.0), ("lambda_max", 0.75))),
     # plain ascent with a smaller step (less wind-up while the constraint is far)
-    "ru-slow": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru",
-                    kwargs=(("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.03))),
+    "ru-slow": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=ru_nats(dual_lr=0.03)),
     # a damped controller: the integral step halved, the proportional gain tripled
-    "ru-pi3": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru",
-                   kwargs=(("lambda_max", 0.95), ("bound_units", "nats"), ("dual_lr", 0.05), ("dual_kp", 3.0))),
+    "ru-pi3": Knob("bound", (20.0, 40.0, 80.0, 160.0, 320.0), method="ru", kwargs=ru_nats(dual_lr=0.05, dual_kp=3.0)),
     # LU's bound: the allowed mean likelihood ratio (methods/lu.py); FU's: the denoising loss each
     # forget image must reach (per-sample duals); the demo's constants otherwise
     "lu": Knob("bound", (0.1, 0.25, 0.5, 1.0, 2.0)),
