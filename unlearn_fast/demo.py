@@ -42,9 +42,8 @@ DEMO_METHOD_DEFAULTS = {
     # Uncapped, the duals reach ~0.9 (alpha ~ 10-19), a far target that cost some digits 4-6
     # points of retain accuracy; at 0.6-0.7 1-3% of some digits' samples stayed recognisable;
     # at 0.8 one digit lost 2.7 points. The bound is not met in 200 steps: lambda sits at the cap.
-    # A bound in nats (bound_units="nats") with a dual below its cap was tried and does not transfer:
-    # 60 nats, chosen on digits 3 and 7, left 1 and 2 at UA 0.98 and cost 0 a Frechet ratio of 1.32
-    # (bench/results/acceptance/class-nats60/); the separation a digit needs differs by digit.
+    # A bound in nats (bound_units="nats") with a dual below its cap was tried and does not carry
+    # over from the digits it was chosen on to the others (bench/results/acceptance/class-nats60/).
     "ru": dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, lambda_max=0.75, retain_weight=10.0)),
     # the same retain weight as RU's, so that bench/quality.py compares the methods, not the weights
     "esd": dict(method_kwargs=dict(eta=1.0, retain_weight=10.0), source="data"),
