@@ -160,7 +160,7 @@ class ReverseKLUnlearning(Method):
         if self.duals is None:
             return
         forget = batch.role == FORGET
-        concept = self.concept_of.to(batch.cond.device)[batch.cond].clamp(min=0)
+        concept = on_device(self, "concept_of", batch.cond.device)[batch.cond].clamp(min=0)
         self.duals.update(concept, self.constraint_values(dist, w, t, concept), mask=forget)
 
     def state_dict(self) -> dict:
