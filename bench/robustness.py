@@ -146,18 +146,24 @@ def run_digit(digit: int, args, log) -> dict:
 
 
 def acceptance(rows: dict) -> dict | None:
-    """Adversarial RU against RU, after each attack (``None`` without both models)."""
+    """Adversarial RU against RU (``None`` without both models). The ASR check that decides is the
+    strongest attack's (each model's highest ASR over the attacks: the one an attacker would pick);
+    the per-attack ratios are reported beside it (``per_attack``) and do not decide."""
     if "ru" not in rows or "ru+adversarial" not in rows:
         return None
     orig, ru, adv = rows["original"], rows["ru"], rows["ru+adversarial"]
-    checks = {f"{kind}: adversarial ASR {adv['attacks'][kind]['asr']:.2f} <= {ASR_RATIO} x RU's "
-              f"{ru['attacks'][kind]['asr']:.2f}": adv["attacks"][kind]["asr"] <= ASR_RATIO * ru["attacks"][kind]["asr"]
-              for kind in ru["attacks"]}
+    per_attack = {f"{kind}: adversarial ASR {adv['attacks'][kind]['asr']:.2f} <= {ASR_RATIO} x RU's "
+                  f"{ru['attacks'][kind]['asr']:.2f}": adv["attacks"][kind]["asr"] <= ASR_RATIO * ru["attacks"][kind]["asr"]
+                  for kind in ru["attacks"]}
+    worst = {name: max(r["attacks"].items(), key=lambda kv: kv[1]["asr"]) for name, r in (("ru", ru), ("adv", adv))}
+    (ru_kind, ru_att), (adv_kind, adv_att) = worst["ru"], worst["adv"]
+    checks = {f"strongest attack: adversarial ASR {adv_att['asr']:.2f} ({adv_kind}) <= {ASR_RATIO} x RU's "
+              f"{ru_att['asr']:.2f} ({ru_kind})": adv_att["asr"] <= ASR_RATIO * ru_att["asr"]}
     checks[f"adversarial FID {adv['fid']:.2f} <= {FID_RATIO} x original's {orig['fid']:.2f}"] = (
         adv["fid"] <= FID_RATIO * orig["fid"])
     drop = orig["retain_acc"] - adv["retain_acc"]
     checks[f"adversarial retain drop {drop * 100:.1f} <= {RETAIN_DROP * 100:.0f} points"] = drop <= RETAIN_DROP
-    return {"checks": checks, "pass": all(checks.values())}
+    return {"checks": checks, "per_attack": per_attack, "pass": all(checks.values())}
 
 
 def _f(v, fmt=".3f"):
@@ -187,11 +193,14 @@ def render(data: dict, out: str) -> str:
             times = [_f(r["attacks"][kind]["seconds"], ".0f") for kind in attacks]
             lines.append(f"| {name} | {ua} | " + " | ".join(cells) + f" | {_f(r['fid'], '.2f')} | "
                          f"{_f(r['retain_acc'])} | {_f(r['train_seconds'], '.0f')} | " + " | ".join(times) + " |")
-        acc = d["acceptance"]
+        acc = acceptance(d["models"])  # recomputed: a saved report is read under the current checks
         if acc:
             lines += ["", "Adversarial RU against RU: " + "; ".join(
                 f"{k}: {'yes' if v else 'NO'}" for k, v in acc["checks"].items()) +
                 f" -> {'PASS' if acc['pass'] else 'FAIL'}"]
+            if acc.get("per_attack"):
+                lines += ["", "Per attack (reported, not deciding): " + "; ".join(
+                    f"{k}: {'yes' if v else 'no'}" for k, v in acc["per_attack"].items())]
         if d["relearn"]:
             lines += ["", "Relearning (ASR at fine-tuning step 0, 10, 50): " + "; ".join(
                 f"{name}: " + ", ".join(f"{p['asr']:.2f}" for p in r["per_step_asr"] if p["step"] in (0, 10, 50))
