@@ -146,3 +146,39 @@ def test_shapes_demo_cli_rejects_an_unknown_concept(capsys):
         main(["demo", "--model", "shapes", "--forget", "dog", "--out", "unused"])
     assert err.value.code == 2
     assert "forget: expected an object" in capsys.readouterr().err
+
+
+def test_quality_bench_compares_methods_on_a_shapes_concept(tmp_path):
+    """bench/quality.py --model shapes: each method trained as the shapes demo trains it, scored and tabled."""
+    import argparse
+    import importlib.util
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_quality", os.path.join(bench, "quality.py"))
+        quality = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(quality)
+    finally:
+        sys.path.remove(bench)
+    folder = _tiny_shapes_folder(tmp_path / "model")
+    args = argparse.Namespace(forget=["striped"], model_path=folder, methods=["ru", "esd"], per_combo=1,
+                              runs=str(tmp_path / "runs"))
+    evaluation = ShapesEvalSettings(per_combo=1, min_concept=4, steps=2, kl_draws=1, paraphrase_samples=3)
+    before, rows, ev = quality.shapes_rows(args, 2, evaluation)
+    assert [r["method"] for r in rows] == ["ru", "esd"] and ev["per_combo"] == 1
+    for r in rows:
+        for key in ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original"):
+            assert isinstance(r[key], float), (r["method"], key)
+    forget_rows = (tmp_path / "runs" / "striped" / "ru" / "data" / "forget" / "metadata.jsonl").read_text()
+    assert "striped" in forget_rows
+    data = {"model": "shapes", "before": before, "methods": rows, "date": "2026-12-04", "eval": ev, "steps": 2,
+            "forget": "striped", "probe_every": 10, "threads": 1, "command": "python bench/quality.py --model shapes"}
+    table = quality.render(data, str(tmp_path))
+    assert "| method | UA | UA, paraphrases | IRA | CRA |" in table and "| esd |" in table
+    assert "steps to UA target" not in table and "'striped'" in table
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0 and not (tmp_path / "ua_vs_steps.png").exists()
+    with pytest.raises(SystemExit, match="--forget: --model shapes compares the methods on one concept"):
+        quality.shapes_rows(argparse.Namespace(**{**vars(args), "forget": ["striped", "star"]}), 2, evaluation)

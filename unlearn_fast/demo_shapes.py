@@ -92,6 +92,23 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("samples", "sample_combo")}
 
 
+def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str, **extra) -> TrainConfig:
+    """The trainer's run that erases ``concept`` from the shapes model at ``model_dir``: the demo's
+    steps, batch, learning rate and seed from ``settings``, the method's constants, its image folders
+    written under ``settings.out/data`` and the run under ``settings.out/run`` (``extra``: further
+    TrainConfig fields, or ones that replace these)."""
+    forget_dir, retain_dir = write_concept_folders(settings.out, concept, settings.forget_per_combo,
+                                                   settings.retain_per_combo)
+    retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
+    fields = dict(
+        method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
+        forget=concept.prompts(), retain=retain_prompts, data="images", forget_images=forget_dir,
+        retain_images=retain_dir, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+        output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
+    )
+    return TrainConfig(**{**fields, **method_defaults, **extra})
+
+
 def run_shapes_demo(settings, method_defaults: dict) -> dict:
     """The shapes demo for ``settings`` (a ``demo.DemoSettings`` with ``model == "shapes"``)."""
     from .shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
@@ -109,16 +126,7 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
     with tqdm(desc="evaluate before", unit="step") as bar:
         before = evaluator.evaluate(original, concept, progress=bar)
 
-    forget_dir, retain_dir = write_concept_folders(settings.out, concept, settings.forget_per_combo,
-                                                   settings.retain_per_combo)
-    retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
-    config = TrainConfig(
-        method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
-        forget=concept.prompts(), retain=retain_prompts, data="images", forget_images=forget_dir,
-        retain_images=retain_dir, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-        output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
-        **method_defaults,
-    )
+    config = shapes_train_config(settings, concept, method_defaults, model_dir)
     train_start = time.perf_counter()
     result = train(config)
     train_seconds = time.perf_counter() - train_start
