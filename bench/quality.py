@@ -42,16 +42,30 @@ CONSTRAINED = {"ru", "fu", "lu"}
 UA_TARGET = 0.99
 
 
-def method_config(method: str, forget: list[int], *, steps: int, output_dir: str, checkpoint_every: int = 0,
-                  model: str = "class", **extra) -> TrainConfig:
+def method_config(method: str, forget: list, *, steps: int, output_dir: str, checkpoint_every: int = 0,
+                  model: str = "class", model_path: str | None = None, **extra) -> TrainConfig:
     """The run of ``method`` every comparison uses: the demo's batch, learning rate, seed and
     per-method constants (``extra``: further TrainConfig fields, e.g. ``adversarial=True``, or ones
-    that replace the demo's, e.g. ``method_kwargs``); ``model``: the embedded class or text model."""
+    that replace the demo's, e.g. ``method_kwargs``); ``model``: the embedded class or text model
+    (``forget``: digits), or the shapes model (``forget``: one concept, trained as the shapes demo
+    trains it, its image folders written under ``output_dir/data``; ``model_path``: another shapes model)."""
     demo = DemoSettings()
-    return TrainConfig(method=method, **embedded_train_args(model, forget, demo.pool_size), max_steps=steps,
-                       batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, progress=False,
-                       output_dir=output_dir, overwrite=True, checkpoint_every=checkpoint_every,
-                       keep_checkpoints=0, log_every=steps, **{**DEMO_METHOD_DEFAULTS[method], **extra})
+    common = dict(max_steps=steps, progress=False, output_dir=output_dir, overwrite=True,
+                  checkpoint_every=checkpoint_every, keep_checkpoints=0, log_every=steps)
+    if model == "shapes":
+        from unlearn_fast.demo_shapes import shapes_train_config
+        from unlearn_fast.eval.shapes_metrics import parse_concept
+        from unlearn_fast.shapes_zoo import SHAPES_DDPM_DIR
+
+        if len(forget) != 1:
+            raise ValueError(f"forget: the shapes model erases one concept at a time, got {forget}")
+        concept = parse_concept(str(forget[0]))
+        # the image folders go to output_dir/data (the trainer's overwrite clears checkpoints only)
+        settings = DemoSettings(model="shapes", forget=[concept.name], method=method, steps=steps, out=output_dir)
+        return shapes_train_config(settings, concept, {**DEMO_METHOD_DEFAULTS[method], **extra},
+                                   model_path or SHAPES_DDPM_DIR, **common)
+    return TrainConfig(method=method, **embedded_train_args(model, forget, demo.pool_size), batch_size=demo.batch_size,
+                       lr=demo.lr, seed=demo.seed, **common, **{**DEMO_METHOD_DEFAULTS[method], **extra})
 
 
 def ua_trace(evaluator: ClassEvaluator, original, result, forget: list[int]) -> list[tuple[int, float]]:
@@ -186,10 +200,9 @@ def shapes_rows(args, steps: int, evaluation=None) -> tuple[dict, list[dict], di
     rows = []
     for method in args.methods:
         start = time.perf_counter()
-        settings = DemoSettings(model="shapes", forget=[concept.name], method=method, steps=steps,
-                                out=os.path.join(args.runs, concept.name.replace(" ", "_"), method))
-        result = train(shapes_train_config(settings, concept, DEMO_METHOD_DEFAULTS[method], model_dir,
-                                           progress=False))
+        config = method_config(method, [concept.name], steps=steps, model="shapes", model_path=model_dir,
+                               output_dir=os.path.join(args.runs, concept.name.replace(" ", "_"), method))
+        result = train(config)
         seconds = time.perf_counter() - start
         after = public(evaluator.evaluate(result.model, concept, original=original))
         rows.append({"method": method, **{k: after.get(k) for k in ("ua",) + tuple(k for k, _ in COLUMNS["shapes"])},
