@@ -13,6 +13,12 @@ command resumes where it stopped; ``--render`` only redraws the report from them
 
     python bench/frontier.py --concept 3 --seeds 0 1 2            # -> bench/results/frontier/class-3
     python bench/frontier.py --model text --concept 7 --seeds 0   # -> bench/results/frontier/text-7
+    python bench/frontier.py --model shapes --concept striped     # -> bench/results/frontier/shapes-striped
+
+On the shapes model (one concept: an object, a style or a 'style object' combination) each
+point trains as ``unlearn-fast demo --model shapes`` does and the damage is read as the shapes
+evaluator reads it: in-domain and cross-domain retain accuracy (IRA, CRA) in place of the
+retain accuracy, FID and KL on the retained combinations.
 """
 
 from __future__ import annotations
@@ -97,6 +103,15 @@ SWEEPS = {
 #: the UA at which a point counts as erasing (the demo's acceptance)
 UA_ERASED = 0.99
 
+#: per model: the retain accuracies a point reports (key, label)
+RETAIN = {"class": (("retain_acc", "retain acc"),), "text": (("retain_acc", "retain acc"),),
+          "shapes": (("ira", "IRA"), ("cra", "CRA"))}
+
+
+def metric_keys(model: str) -> tuple[str, ...]:
+    """The metrics a point of ``model`` keeps and aggregates over seeds."""
+    return ("ua",) + tuple(k for k, _ in RETAIN[model]) + ("fid", "kl_to_original")
+
 
 def point_path(runs: str, method: str, knob: Knob, value, seed: int) -> str:
     return os.path.join(runs, method, f"{knob.name}={value:g}", f"seed{seed}.json")
@@ -147,7 +162,7 @@ def point_overrides(method: str, knob: Knob, value) -> dict:
     return over
 
 
-def run_point(method: str, knob: Knob, value, seed: int, concept: list[int], steps: int, evaluator, original,
+def run_point(method: str, knob: Knob, value, seed: int, concept: list, steps: int, evaluator, original,
               workdir: str, model: str = "class") -> dict:
     over = point_overrides(method, knob, value)
     run_steps = int(value) if knob.name == "max_steps" else steps
@@ -157,13 +172,22 @@ def run_point(method: str, knob: Knob, value, seed: int, concept: list[int], ste
     start = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - start
-    after = public(evaluator.evaluate(result.model, concept, original=original))
+    after = public(evaluator.evaluate(result.model, evaluated(model, concept), original=original))
     trace = dual_trace(result.output_dir) if constrained(method) else {}
     cap = over["method_kwargs"].get("lambda_max")
     return {"method": method, "knob": knob.name, "value": value, "seed": seed, "steps": run_steps,
-            **{k: after[k] for k in ("ua", "retain_acc", "neighbor_acc", "fid", "kl_to_original")},
+            **{k: after[k] for k in metric_keys(model) + (() if model == "shapes" else ("neighbor_acc",))},
             "train_seconds": round(seconds, 1), "duals": dual_summary(trace, cap), "dual_trace": trace,
             "overrides": over}
+
+
+def evaluated(model: str, concept: list):
+    """What the model's evaluator takes: the digits, or the one shapes concept parsed."""
+    if model != "shapes":
+        return concept
+    from unlearn_fast.eval.shapes_metrics import parse_concept
+
+    return parse_concept(concept[0])
 
 
 def run_all(args, evaluator, original) -> list[dict]:
@@ -188,12 +212,13 @@ def run_all(args, evaluator, original) -> list[dict]:
                 write_json(path, p)
                 shutil.rmtree(work, ignore_errors=True)  # the point is its JSON; the model is not kept
                 points.append(p)
-                print(f"{method} {knob.name}={value:g} seed {seed}: UA {p['ua']:.3f} retain {p['retain_acc']:.3f} "
+                kept = " ".join(f"{label} {p[key]:.3f}" for key, label in RETAIN[args.model])
+                print(f"{method} {knob.name}={value:g} seed {seed}: UA {p['ua']:.3f} {kept} "
                       f"FID {p['fid']:.2f} KL {p['kl_to_original']:.1f} {p['duals'] or ''}", flush=True)
     return points
 
 
-def aggregate(points: list[dict]) -> list[dict]:
+def aggregate(points: list[dict], model: str = "class") -> list[dict]:
     """One row per (method, value): the mean and the spread (min, max) over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
@@ -201,7 +226,7 @@ def aggregate(points: list[dict]) -> list[dict]:
     rows = []
     for (method, value), ps in groups.items():
         row = {"method": method, "knob": ps[0]["knob"], "value": value, "seeds": len(ps)}
-        for key in ("ua", "retain_acc", "fid", "kl_to_original"):
+        for key in metric_keys(model):
             vals = [p[key] for p in ps]
             row[key] = sum(vals) / len(vals)
             row[key + "_range"] = (min(vals), max(vals))
@@ -217,7 +242,13 @@ def aggregate(points: list[dict]) -> list[dict]:
 ZOOM_RETAIN_DROP, ZOOM_UA = 0.05, 0.8
 
 
-def _frontier_panel(ax, rows: list[dict], before: dict, key: str, label: str, zoom: bool) -> None:
+def _kept(rows: list[dict], before: dict, model: str) -> list[dict]:
+    """The points that erase (UA >= ZOOM_UA) and keep every retain accuracy within ZOOM_RETAIN_DROP."""
+    return [r for r in rows if r["ua"] >= ZOOM_UA and all(
+        r[key] >= before[key] - ZOOM_RETAIN_DROP for key, _ in RETAIN[model])]
+
+
+def _frontier_panel(ax, rows: list[dict], before: dict, key: str, label: str, zoom: bool, model: str) -> None:
     ax.axvline(before.get(key, 0.0), color="black", lw=1, ls=":", label=f"original (UA {before['ua']:.2f})")
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["value"])  # in the knob's order
@@ -229,7 +260,7 @@ def _frontier_panel(ax, rows: list[dict], before: dict, key: str, label: str, zo
                         yerr=[[r["ua"] - ylo], [yhi - r["ua"]]], color=line.get_color(), lw=0.8, capsize=2)
     ax.set_xlabel(label)
     ax.set_ylabel("UA (unlearning accuracy)")
-    kept = [r for r in rows if r["retain_acc"] >= before["retain_acc"] - ZOOM_RETAIN_DROP and r["ua"] >= ZOOM_UA]
+    kept = _kept(rows, before, model)
     if zoom and kept:
         lo, hi = min(r[key + "_range"][0] for r in kept), max(r[key + "_range"][1] for r in kept)
         lo, hi = min(lo, before.get(key, lo)), max(hi, before.get(key, hi))
@@ -245,20 +276,22 @@ def _frontier_panel(ax, rows: list[dict], before: dict, key: str, label: str, zo
     ax.grid(alpha=0.3)
 
 
-def plot_frontier(rows: list[dict], before: dict, path: str) -> None:
+def plot_frontier(rows: list[dict], before: dict, path: str, model: str = "class") -> None:
     """Top: every point; bottom: zoomed on the points that erase (UA >= 0.8) and keep the retained
-    digits (retain accuracy within 5 points of the original's)."""
+    concepts (every retain accuracy within 5 points of the original's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
-    panels = (("kl_to_original", "KL to the original on retained digits (nats)"),
-              ("retain_acc", "retain accuracy"), ("fid", "Frechet distance (retained digits)"))
+    retained = "combinations" if model == "shapes" else "digits"
+    panels = ((("kl_to_original", f"KL to the original on retained {retained} (nats)"),)
+              + tuple((key, label if model == "shapes" else "retain accuracy") for key, label in RETAIN[model])
+              + (("fid", f"Frechet distance (retained {retained})"),))
+    fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 8.4))
     for row, zoom in ((0, False), (1, True)):
         for ax, (key, label) in zip(axes[row], panels):
-            _frontier_panel(ax, rows, before, key, label, zoom)
+            _frontier_panel(ax, rows, before, key, label, zoom, model)
     axes[0, 0].legend(fontsize=8, loc="lower right")
     axes[1, 0].set_title("zoomed: UA >= 0.8, retain within 5 points of the original", fontsize=9, loc="left")
     fig.suptitle("solid: constrained (primal-dual), dashed: fixed-weight; each line in the order of its knob's values; "
@@ -299,19 +332,36 @@ def plot_duals(points: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _describe(data: dict) -> str:
+    """The report's first sentence: the model, the concept, the steps, the seeds and the evaluation."""
+    model, ev = data.get("model", "class"), data["eval"]
+    if model == "shapes":
+        what = f"Shapes model, forgotten concept {data['concept'][0]!r}"
+        samples = (f"{ev['per_combo']} samples per combination, at least {ev['min_concept']} of the concept "
+                   f"(DDIM {ev['steps']}, guidance {ev['guidance']}, seed {ev['seed']}); IRA, CRA: in- and "
+                   "cross-domain retain accuracy")
+    else:
+        kind = "prompt(s) of digit(s)" if model == "text" else "digit(s)"
+        what = f"{model.capitalize()} model, forgotten {kind} {data['concept']}"
+        samples = (f"{ev['per_class']} samples per digit (DDIM {ev['steps']}, guidance {ev['guidance']}, seed "
+                   f"{ev['seed']})")
+    return (f"{what}; {data['steps']} steps (ablation: its steps are the knob), seeds {data['seeds']}; the demo's "
+            f"batch, lr and per-method constants otherwise; evaluation {samples}. Values: the mean over seeds, "
+            "[min, max] beside it. RU's bound in nats (bound_units=nats: the chain's KL to the forget concept, "
+            "methods/nats.py). at cap: share of the steps the dual sat at lambda_max; swing: std of lambda over the "
+            "last half of the run.")
+
+
 def render(data: dict, out: str) -> str:
     """frontier.md, frontier.png and duals.png from the results (``frontier.json``)."""
-    rows, before = aggregate(data["points"]), data["before"]
-    what = "prompt(s) of digit(s)" if data.get("model") == "text" else "digit(s)"
-    lines = [f"{data.get('model', 'class').capitalize()} model, forgotten {what} {data['concept']}; {data['steps']} steps (ablation: its steps are the knob), seeds "
-             f"{data['seeds']}; the demo's batch, lr and per-method constants otherwise; evaluation "
-             f"{data['eval']['per_class']} samples per digit (DDIM {data['eval']['steps']}, guidance "
-             f"{data['eval']['guidance']}, seed {data['eval']['seed']}). Values: the mean over seeds, [min, max] "
-             f"beside it. RU's bound in nats (bound_units=nats: the chain's KL to the forget concept, methods/nats.py). at cap: share of the steps the dual sat at "
-             f"lambda_max; swing: std of lambda over the last half of the run.", "",
-             "| method | knob | seeds | UA | KL to original (nats) | retain acc | FID | at cap | swing |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| original | - | | {before['ua']:.3f} | 0 | {before['retain_acc']:.3f} | {before['fid']:.2f} | | |"]
+    model = data.get("model", "class")
+    rows, before, retain = aggregate(data["points"], model), data["before"], RETAIN[model]
+    heads = " | ".join(label for _, label in retain)
+    lines = [_describe(data), "",
+             f"| method | knob | seeds | UA | KL to original (nats) | {heads} | FID | at cap | swing |",
+             "|---|---|---|---|---|" + "---|" * len(retain) + "---|---|---|",
+             f"| original | - | | {before['ua']:.3f} | 0 | " + " | ".join(f"{before[k]:.3f}" for k, _ in retain)
+             + f" | {before['fid']:.2f} | | |"]
 
     def cell(r, key, fmt):
         lo, hi = r[key + "_range"]
@@ -321,32 +371,35 @@ def render(data: dict, out: str) -> str:
         cap = "-" if r["at_cap"] is None else f"{r['at_cap']:.2f}"
         swing = "-" if r["lambda_swing"] is None else f"{r['lambda_swing']:.3f}"
         lines.append(f"| {r['method']} | {r['knob']}={r['value']:g} | {r['seeds']} | {cell(r, 'ua', '.3f')} | "
-                     f"{cell(r, 'kl_to_original', '.1f')} | {cell(r, 'retain_acc', '.3f')} | {cell(r, 'fid', '.2f')} | "
-                     f"{cap} | {swing} |")
+                     f"{cell(r, 'kl_to_original', '.1f')} | " + " | ".join(cell(r, k, ".3f") for k, _ in retain)
+                     + f" | {cell(r, 'fid', '.2f')} | {cap} | {swing} |")
+    best = " | ".join(f"best {label} (at)" for _, label in retain)
     lines += ["", f"Least damage at UA >= {UA_ERASED} (mean over seeds), per method: the point of lowest KL to the "
-              "original, and the best retain accuracy and FID among the erasing points.", "",
-              "| method | erasing points | lowest KL (at) | best retain acc (at) | best FID (at) |", "|---|---|---|---|---|"]
+              f"original, and the best {' and '.join(label for _, label in retain)} and FID among the erasing points.",
+              "", f"| method | erasing points | lowest KL (at) | {best} | best FID (at) |",
+              "|---|---|---|" + "---|" * len(retain) + "---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         erasing = [r for r in rows if r["method"] == method and r["ua"] >= UA_ERASED]
         total = sum(r["method"] == method for r in rows)
         if not erasing:
-            lines.append(f"| {method} | 0 of {total} | - | - | - |")
+            lines.append(f"| {method} | 0 of {total} | - | " + "- | " * len(retain) + "- |")
             continue
 
         def at(r):
             return f"{r['knob']}={r['value']:g}"
 
         kl = min(erasing, key=lambda r: r["kl_to_original"])
-        ret = max(erasing, key=lambda r: r["retain_acc"])
         fid = min(erasing, key=lambda r: r["fid"])
+        kept = [max(erasing, key=lambda r: r[k]) for k, _ in retain]
         lines.append(f"| {method} | {len(erasing)} of {total} | {kl['kl_to_original']:.1f} ({at(kl)}) | "
-                     f"{ret['retain_acc']:.3f} ({at(ret)}) | {fid['fid']:.2f} ({at(fid)}) |")
+                     + " | ".join(f"{r[k]:.3f} ({at(r)})" for r, (k, _) in zip(kept, retain))
+                     + f" | {fid['fid']:.2f} ({at(fid)}) |")
     table = "\n".join(lines)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "frontier.md"), "w") as f:
         f.write(f"# Trade-off frontiers, {data['date']}\n\n```\n{data['command']}\n```\n\n{table}\n\n"
                 f"![frontier](frontier.png)\n\n![duals](duals.png)\n")
-    plot_frontier(rows, before, os.path.join(out, "frontier.png"))
+    plot_frontier(rows, before, os.path.join(out, "frontier.png"), model)
     plot_duals(data["points"], os.path.join(out, "duals.png"))
     return table
 
@@ -367,26 +420,28 @@ def parse_values(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("class", "text"), default="class",
-                        help="the embedded model (text: the digit's canonical prompt is forgotten)")
-    parser.add_argument("--concept", type=int, nargs="+", default=[3], help="the forgotten digit(s)")
+    parser.add_argument("--model", choices=("class", "text", "shapes"), default="class",
+                        help="the embedded model (text: the digit's canonical prompt is forgotten; shapes: one concept)")
+    parser.add_argument("--concept", nargs="+", default=["3"],
+                        help="the forgotten digit(s) (class, text), or one shapes concept: an object, a style or "
+                        "'style object'")
     parser.add_argument("--methods", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--values", nargs="*", default=[], help="METHOD=V1,V2,...: other values of a method's knob")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--per-class", type=int, default=50, help="class, text: evaluation samples per digit")
+    parser.add_argument("--per-combo", type=int, default=None,
+                        help="shapes: evaluation samples per combination (default: the shapes evaluator's)")
     parser.add_argument("--out", default=None, help="the report's folder (default: "
-                        "bench/results/frontier/<model>-<digits>)")
-    parser.add_argument("--runs", default=None, help="the points' cache (default: runs/frontier/class-<digits>)")
+                        "bench/results/frontier/<model>-<concept>)")
+    parser.add_argument("--runs", default=None, help="the points' cache (default: runs/frontier/<model>-<concept>)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="only redraw the report from --out/frontier.json")
     parser.add_argument("--cached", action="store_true", help="report the points of --methods/--values/--seeds "
                         "already run under --runs, run none of the others")
     args = parser.parse_args(argv)
-    bad = [d for d in args.concept if not 0 <= d <= 9]
-    if bad:
-        parser.error(f"--concept: expected digits 0-9, got {bad}")
-    tag = args.model + "-" + "-".join(map(str, args.concept))
+    args.concept = parse_concept_arg(parser, args.model, args.concept)
+    tag = args.model + "-" + "-".join(str(c).replace(" ", "_") for c in args.concept)
     args.out = args.out or os.path.join("bench", "results", "frontier", tag)
     if args.render:
         with open(os.path.join(args.out, "frontier.json")) as f:
@@ -396,17 +451,50 @@ def main(argv=None) -> int:
     args.runs = args.runs or os.path.join("runs", "frontier", tag)
     if args.threads:
         torch.set_num_threads(args.threads)
-    original, scheduler = load_embedded(args.model)
-    evaluator = embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class), model=args.model)
-    before = public(evaluator.evaluate(original, args.concept))
+    original, evaluator = load_model(args)
+    before = public(evaluator.evaluate(original, evaluated(args.model, args.concept)))
     points = run_all(args, evaluator, original)
     data = {"date": datetime.date.today().isoformat(), "model": args.model, "concept": args.concept, "steps": args.steps,
             "seeds": args.seeds, "eval": evaluator.settings_dict(), "points": points,
-            "before": {k: before[k] for k in ("ua", "retain_acc", "fid")},
+            "before": {k: before[k] for k in metric_keys(args.model) if k != "kl_to_original"},
             "command": "python bench/frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     write_json(os.path.join(args.out, "frontier.json"), data)
     print(render(data, args.out))
     return 0
+
+
+def parse_concept_arg(parser, model: str, concept: list[str]) -> list:
+    """``--concept``: digits 0-9 (class, text), or one shapes concept (its name, as the evaluator spells it)."""
+    if model == "shapes":
+        from unlearn_fast.eval.shapes_metrics import parse_concept
+
+        if len(concept) != 1:
+            parser.error(f"--concept: the shapes model erases one concept at a time, got {concept}")
+        try:
+            return [parse_concept(concept[0]).name]
+        except ValueError as err:
+            parser.error(f"--concept: {err}")
+    try:
+        digits = [int(c) for c in concept]
+    except ValueError:
+        parser.error(f"--concept: expected digits 0-9, got {concept}")
+    bad = [d for d in digits if not 0 <= d <= 9]
+    if bad:
+        parser.error(f"--concept: expected digits 0-9, got {bad}")
+    return digits
+
+
+def load_model(args):
+    """``(original model, evaluator)`` of ``args.model``."""
+    if args.model == "shapes":
+        from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings, shapes_evaluator
+        from unlearn_fast.shapes_zoo import load_shapes_ddpm
+
+        original, scheduler = load_shapes_ddpm()
+        settings = ShapesEvalSettings() if args.per_combo is None else ShapesEvalSettings(per_combo=args.per_combo)
+        return original, shapes_evaluator(scheduler, settings)
+    original, scheduler = load_embedded(args.model)
+    return original, embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class), model=args.model)
 
 
 if __name__ == "__main__":

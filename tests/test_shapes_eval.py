@@ -182,3 +182,44 @@ def test_quality_bench_compares_methods_on_a_shapes_concept(tmp_path):
     assert (tmp_path / "tradeoff.png").stat().st_size > 0 and not (tmp_path / "ua_vs_steps.png").exists()
     with pytest.raises(SystemExit, match="--forget: --model shapes compares the methods on one concept"):
         quality.shapes_rows(argparse.Namespace(**{**vars(args), "forget": ["striped", "star"]}), 2, evaluation)
+
+
+def test_frontier_point_and_report_on_a_shapes_concept(tmp_path, monkeypatch):
+    """bench/frontier.py --model shapes: a point trains as the shapes demo, reads IRA and CRA; the report tables them."""
+    import importlib.util
+    import os
+    import sys
+
+    import unlearn_fast.shapes_zoo as zoo
+    from unlearn_fast.eval.shapes_metrics import shapes_evaluator
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench")
+    spec = importlib.util.spec_from_file_location("bench_frontier_shapes", os.path.join(bench, "frontier.py"))
+    frontier = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = frontier  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(frontier)
+        folder = _tiny_shapes_folder(tmp_path / "model")
+        monkeypatch.setattr(zoo, "SHAPES_DDPM_DIR", folder)  # the points train from the tiny model
+        original, scheduler = zoo.load_shapes_ddpm(folder)
+        evaluator = shapes_evaluator(scheduler, ShapesEvalSettings(per_combo=1, min_concept=4, steps=2, kl_draws=1,
+                                                                   paraphrase_samples=0))
+        points = [frontier.run_point("esd", frontier.SWEEPS["esd"], eta, 0, ["striped"], 2, evaluator, original,
+                                     str(tmp_path / f"work{eta}"), "shapes") for eta in (1.0, 2.0)]
+        for p in points:
+            assert {"ua", "ira", "cra", "fid", "kl_to_original"} <= set(p) and "retain_acc" not in p
+        before = evaluator.evaluate(original, frontier.evaluated("shapes", ["striped"]))
+        data = {"date": "2026-12-04", "model": "shapes", "concept": ["striped"], "steps": 2, "seeds": [0],
+                "eval": evaluator.settings_dict(), "points": points, "command": "python bench/frontier.py --model shapes",
+                "before": {k: before[k] for k in ("ua", "ira", "cra", "fid")}}
+        table = frontier.render(data, str(tmp_path / "report"))
+        assert "| UA | KL to original (nats) | IRA | CRA | FID |" in table and "| esd | eta=2 | 1 |" in table
+        assert "Shapes model, forgotten concept 'striped'" in table
+        assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
+        parser = frontier.argparse.ArgumentParser()
+        assert frontier.parse_concept_arg(parser, "shapes", ["hollow star"]) == ["hollow star"]
+        assert frontier.parse_concept_arg(parser, "class", ["3", "7"]) == [3, 7]
+        with pytest.raises(SystemExit):
+            frontier.parse_concept_arg(parser, "shapes", ["dog"])
+    finally:
+        sys.modules.pop(spec.name, None)
