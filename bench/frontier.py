@@ -473,7 +473,7 @@ def parse_concept_arg(parser, model: str, concept: list[str]) -> list:
         try:
             return [parse_concept(concept[0]).name]
         except ValueError as err:
-            parser.error(f"--concept: {err}")
+            parser.error("--concept: " + str(err).removeprefix("forget: "))
     try:
         digits = [int(c) for c in concept]
     except ValueError:
