@@ -15,6 +15,13 @@ adversarial RU. Writes ``robustness.md`` (table and acceptance), ``robustness.js
 Finished runs are reused (runs/robustness/...), so an interrupted benchmark resumes.
 
     python bench/robustness.py --digits 7 2 --threads 1 --out bench/results/robustness
+    python bench/robustness.py --model shapes --concepts striped star --threads 1 --out bench/results/robustness-shapes
+
+``--model shapes``: each concept (an object, a style, a combination) erased by every method as
+``unlearn-fast demo --model shapes`` erases it and attacked the same way, with in- and
+cross-domain retain accuracy (IRA, CRA) in place of the retain accuracy. Two rows are class
+only: adversarial RU (its inner attack optimises one conditioning; a shapes concept is erased
+through all of its prompts) and the continual model (the shapes continual runs are issue 16's).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ VARIANTS = {
     "ablation": ("ablation", {}),
     "neggrad": ("neggrad", {}),
 }
+#: the rows that run on the class model only (module docstring)
+CLASS_ONLY = ("ru+adversarial",)
 #: acceptance of issue 17 (adversarial RU against plain RU)
 ASR_RATIO, FID_RATIO, RETAIN_DROP = 0.5, 1.3, 0.03
 
@@ -59,16 +68,21 @@ def _same_config(folder: str, config) -> bool:
     return {k: v for k, v in saved.items() if k != "resume"} == {k: v for k, v in want.items() if k != "resume"}
 
 
-def train_variant(name: str, digit: int, steps: int, root: str, log) -> tuple[str, float | None]:
+def folder_name(model: str, concept) -> str:
+    """The runs' folder of a concept: ``d7`` (class, as before), ``shapes-striped``."""
+    return f"d{concept}" if model == "class" else f"{model}-{str(concept).replace(' ', '_')}"
+
+
+def train_variant(name: str, concept, steps: int, root: str, log, model: str = "class") -> tuple[str, float | None]:
     """``(final model folder, training seconds)``; a finished identical run is reused."""
     method, extra = VARIANTS[name]
-    out = os.path.join(root, f"d{digit}", name.replace("+", "_"))
-    config = method_config(method, [digit], steps=steps, output_dir=out, **extra)
+    out = os.path.join(root, folder_name(model, concept), name.replace("+", "_"))
+    config = method_config(method, [concept], steps=steps, output_dir=out, model=model, **extra)
     timing = os.path.join(out, "timing.json")
     if _same_config(out, config) and os.path.isfile(timing):
         with open(timing) as f:
             return os.path.join(out, "final"), json.load(f)["seconds"]
-    log(f"[train] {name} forget {digit} ({steps} steps)")
+    log(f"[train] {name} forget {concept} ({steps} steps)")
     start = time.perf_counter()
     result = train(config)
     seconds = round(time.perf_counter() - start, 1)
@@ -93,10 +107,10 @@ def continual_model(digit: int, prefix: list[int], method: str, root: str, threa
     return run["steps"][-1]["model_dir"], run["seconds"]
 
 
-def attack(model_dir: str | None, digit: int, kind: str, out: str, *, init=None, steps=None, k=16, asr_every=20,
-           threads=None, fid=True, log=print) -> dict:
+def attack(model_dir: str | None, concept, kind: str, out: str, *, init=None, steps=None, k=16, asr_every=20,
+           threads=None, fid=True, log=print, model: str = "class") -> dict:
     """The attack's report; one written after the model, with the same settings, is reused."""
-    settings = AttackSettings(model="class", model_path=model_dir, concept=str(digit), attack=kind, init=init,
+    settings = AttackSettings(model=model, model_path=model_dir, concept=str(concept), attack=kind, init=init,
                               steps=steps, k=k, asr_every=asr_every, fid=fid, out=out, threads=threads)
     path = os.path.join(out, "report.json")
     info = os.path.join(model_dir, "unlearn_info.json") if model_dir else None
@@ -111,38 +125,60 @@ def attack(model_dir: str | None, digit: int, kind: str, out: str, *, init=None,
     return run_attack(settings, log=log)
 
 
-def run_digit(digit: int, args, log) -> dict:
-    root = args.runs
-    att = os.path.join(args.runs, f"d{digit}", "attacks")
-    init = str(args.init_from if args.init_from != digit else (digit + 1) % 10)
+def other_concept(model: str, concept, init_from: int):
+    """The concept the original's second attack starts from: digit ``init_from`` (the next digit if
+    equal); on the shapes model the next concept of the same kind (style, object)."""
+    if model == "class":
+        return str(init_from if init_from != concept else (concept + 1) % 10)
+    from unlearn_fast.data.shapes import OBJECTS, STYLES
+    from unlearn_fast.eval.shapes_metrics import parse_concept
+
+    c = parse_concept(concept)
+    if c.kind == "style":
+        return STYLES[(c.style + 1) % len(STYLES)]
+    return OBJECTS[(c.object + 1) % len(OBJECTS)] if c.kind == "object" else \
+        f"{STYLES[c.style]} {OBJECTS[(c.object + 1) % len(OBJECTS)]}"
+
+
+def run_concept(concept, args, log) -> dict:
+    """Every row of one concept: trained, attacked, scored; the relearning curves of RU (and adversarial RU)."""
+    model, root = args.model, args.runs
+    att = os.path.join(args.runs, folder_name(model, concept), "attacks")
+    init = other_concept(model, concept, args.init_from)
     rows = {"original": {"model_dir": None, "train_seconds": None},
             f"original, from {init}": {"model_dir": None, "train_seconds": None, "init": init}}
     for name in args.variants:
-        rows[name] = dict(zip(("model_dir", "train_seconds"), train_variant(name, digit, args.steps, root, log)))
-    cont = f"continual {args.continual_method}"
-    rows[cont] = dict(zip(("model_dir", "train_seconds"),
-                          continual_model(digit, args.continual_prefix, args.continual_method, root, args.threads,
-                                          log)))
+        if model != "class" and name in CLASS_ONLY:
+            continue
+        rows[name] = dict(zip(("model_dir", "train_seconds"), train_variant(name, concept, args.steps, root, log,
+                                                                            model)))
+    if model == "class":
+        cont = f"continual {args.continual_method}"
+        rows[cont] = dict(zip(("model_dir", "train_seconds"),
+                              continual_model(concept, args.continual_prefix, args.continual_method, root,
+                                              args.threads, log)))
+    scores = ("asr_before", "fid", "retain_acc") if model == "class" else ("asr_before", "fid", "ira", "cra")
     for name, row in rows.items():
         row["attacks"] = {}
         for i, kind in enumerate(args.attacks):
             folder = os.path.join(att, kind, name.replace(" ", "_").replace(",", ""))
-            rep = attack(row["model_dir"], digit, kind, folder, init=row.get("init"), steps=args.attack_steps.get(kind),
-                         asr_every=args.asr_every, threads=args.threads, fid=i == 0, log=log)
+            rep = attack(row["model_dir"], concept, kind, folder, init=row.get("init"), steps=args.attack_steps.get(kind),
+                         asr_every=args.asr_every, threads=args.threads, fid=i == 0, log=log, model=model)
             row["attacks"][kind] = {key: rep.get(key) for key in ("asr_before", "asr", "asr_start", "seconds",
                                                                   "per_step_asr", "budget")}
             if i == 0:
-                row.update({key: rep.get(key) for key in ("asr_before", "fid", "retain_acc")})
+                row.update({key: rep.get(key) for key in scores})
     relearn = {}
     for name in ("ru", "ru+adversarial"):
         if name not in rows:
             continue
         for k in (4, 16):
-            rep = attack(rows[name]["model_dir"], digit, "relearn",
+            rep = attack(rows[name]["model_dir"], concept, "relearn",
                          os.path.join(att, f"relearn_k{k}_{name.replace('+', '_')}"), steps=args.relearn_steps, k=k,
-                         asr_every=10, threads=args.threads, fid=False, log=log)
+                         asr_every=10, threads=args.threads, fid=False, log=log, model=model)
             relearn[f"{name}, k={k}"] = {"per_step_asr": rep["per_step_asr"], "budget": rep["budget"]}
-    return {"digit": digit, "models": rows, "relearn": relearn, "acceptance": acceptance(rows)}
+    key = {"digit": concept} if model == "class" else {"concept": concept}
+    return {**key, "model": model, "models": rows, "relearn": relearn, "acceptance": acceptance(rows)}
 
 
 def acceptance(rows: dict) -> dict | None:
@@ -166,6 +202,14 @@ def acceptance(rows: dict) -> dict | None:
     return {"checks": checks, "per_attack": per_attack, "pass": all(checks.values())}
 
 
+def _title(d: dict) -> str:
+    return f"digit {d['digit']}" if "digit" in d else f"concept {d['concept']!r}"
+
+
+def _retain(d: dict) -> tuple[tuple[str, str], ...]:
+    return (("retain_acc", "retain acc"),) if d.get("model", "class") == "class" else (("ira", "IRA"), ("cra", "CRA"))
+
+
 def _f(v, fmt=".3f"):
     return "-" if v is None else format(v, fmt)
 
@@ -175,14 +219,16 @@ def render(data: dict, out: str) -> str:
     budgets = "; ".join(f"{kind}: {data['budgets'][kind]}" for kind in attacks)
     lines = [f"Attacks ({budgets}); ASR read by the evaluator's classifier on {data['asr_samples']} samples "
              f"({data['asr_sampler']}); FID and retain accuracy of each model: {data['fid_samples']} samples per "
-             f"retained digit. Methods trained as bench/quality.py ({data['steps']} steps, the demo's constants). "
-             "UA = 1 - ASR before; for the original 'from' rows, ASR before is at the attack's first step "
-             "(the other digit's conditioning).", ""]
+             f"retained digit (shapes: a sixth of that per combination). Methods trained as bench/quality.py "
+             f"({data['steps']} steps, the demo's constants). UA = 1 - ASR before; for the original 'from' rows, "
+             "ASR before is at the attack's first step (the other concept's conditioning).", ""]
     for d in data["digits"]:
-        lines += [f"## Digit {d['digit']}", "",
+        retain = _retain(d)
+        lines += [f"## {_title(d).capitalize()}", "",
                   "| model | UA | " + " | ".join(f"ASR before, after {kind}" for kind in attacks) +
-                  " | FID | retain acc | train s | " + " | ".join(f"{kind} s" for kind in attacks) + " |",
-                  "|---|---|" + "---|" * len(attacks) + "---|---|---|" + "---|" * len(attacks)]
+                  " | FID | " + " | ".join(label for _, label in retain) + " | train s | " +
+                  " | ".join(f"{kind} s" for kind in attacks) + " |",
+                  "|---|---|" + "---|" * len(attacks) + "---|" * (2 + len(retain)) + "---|" * len(attacks)]
         for name, r in d["models"].items():
             ua = "-" if r.get("init") else _f(1 - r["asr_before"])
             cells = []
@@ -192,7 +238,8 @@ def render(data: dict, out: str) -> str:
                 cells.append(f"{_f(before, '.2f')} -> **{_f(a['asr'], '.2f')}**")
             times = [_f(r["attacks"][kind]["seconds"], ".0f") for kind in attacks]
             lines.append(f"| {name} | {ua} | " + " | ".join(cells) + f" | {_f(r['fid'], '.2f')} | "
-                         f"{_f(r['retain_acc'])} | {_f(r['train_seconds'], '.0f')} | " + " | ".join(times) + " |")
+                         + " | ".join(_f(r.get(key)) for key, _ in retain)
+                         + f" | {_f(r['train_seconds'], '.0f')} | " + " | ".join(times) + " |")
         acc = acceptance(d["models"])  # recomputed: a saved report is read under the current checks
         if acc:
             lines += ["", "Adversarial RU against RU: " + "; ".join(
@@ -220,7 +267,8 @@ def _style(ax, title: str, xlabel: str, legend_size: int) -> None:
     ax.set_ylabel("ASR (evaluator)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+    if ax.get_legend_handles_labels()[0]:  # a concept without relearning curves draws an empty panel
+        ax.legend(fontsize=legend_size)
 
 
 def plot(data: dict, out: str) -> None:
@@ -236,7 +284,7 @@ def plot(data: dict, out: str) -> None:
             for name, r in d["models"].items():
                 steps, asr = zip(*[(p["step"], p["asr"]) for p in r["attacks"][kind]["per_step_asr"]])
                 ax.plot(steps, asr, "--" if name.startswith("original") else "o-", ms=3, label=name)
-            _style(ax, f"digit {d['digit']}: {kind} attack", "attack step", 7)
+            _style(ax, f"{_title(d)}: {kind} attack", "attack step", 7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "asr_vs_steps.png"), dpi=120)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
@@ -245,14 +293,17 @@ def plot(data: dict, out: str) -> None:
             steps, asr = zip(*[(p["step"], p["asr"]) for p in r["per_step_asr"]])
             ax.plot(steps, asr, ("-" if "adversarial" in name else "--") + ("o" if "k=16" in name else "s"), ms=3,
                     label=name)
-        _style(ax, f"digit {d['digit']}: relearning (fine-tuning on k images)", "fine-tuning step", 8)
+        _style(ax, f"{_title(d)}: relearning (fine-tuning on k images)", "fine-tuning step", 8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "relearn.png"), dpi=120)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--digits", type=int, nargs="+", default=[7, 2])
+    parser.add_argument("--model", choices=("class", "shapes"), default="class")
+    parser.add_argument("--digits", type=int, nargs="+", default=[7, 2], help="class model: the digits")
+    parser.add_argument("--concepts", nargs="+", default=["striped", "star"],
+                        help="shapes model: the concepts (objects, styles or 'style object')")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--attacks", nargs="+", default=["embedding", "inversion"], choices=["embedding", "inversion"])
     parser.add_argument("--embedding-steps", type=int, default=None, help="(default: the attack's)")
@@ -277,13 +328,23 @@ def main(argv=None) -> int:
         return 0
     args.steps = args.steps or DemoSettings().steps
     args.attack_steps = {"embedding": args.embedding_steps, "inversion": args.inversion_steps}
-    digits = [run_digit(d, args, print) for d in args.digits]
+    if args.model == "shapes":
+        from unlearn_fast.eval.shapes_metrics import parse_concept
+
+        try:
+            concepts = [parse_concept(c).name for c in args.concepts]
+        except ValueError as err:
+            parser.error("--concepts: " + str(err).removeprefix("forget: "))
+    else:
+        concepts = args.digits
+    digits = [run_concept(c, args, print) for c in concepts]
     first = digits[0]["models"]["original"]
     data = {"date": datetime.date.today().isoformat(), "attacks": args.attacks,
             "budgets": {kind: first["attacks"][kind]["budget"] for kind in args.attacks},
             "asr_samples": AttackSettings().samples, "fid_samples": AttackSettings().fid_per_class,
             "asr_sampler": f"DDIM {AttackSettings().eval_steps} steps, seed 1234", "steps": args.steps,
-            "digits": digits, "command": "python bench/robustness.py " + " ".join(
+            "digits": digits,  # one entry per digit or shapes concept (the key kept from the class-only reports)
+            "command": "python bench/robustness.py " + " ".join(
                 argv if argv is not None else sys.argv[1:])}
     write_json(os.path.join(args.out, "robustness.json"), data)
     print(render(data, args.out))

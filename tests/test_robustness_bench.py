@@ -55,3 +55,28 @@ def test_render_recomputes_the_acceptance_and_draws_both_plots(robustness, tmp_p
     assert "-> PASS" in table and "Per attack (reported, not deciding)" in table  # not the stale saved verdict
     assert "ru, k=4: 0.00, 0.10, 0.50" in table  # relearning ASR at steps 0, 10, 50
     assert (tmp_path / "asr_vs_steps.png").stat().st_size > 0 and (tmp_path / "relearn.png").stat().st_size > 0
+
+
+def test_the_other_concept_an_original_attack_starts_from(robustness):
+    assert robustness.other_concept("class", 7, 1) == "1" and robustness.other_concept("class", 1, 1) == "2"
+    assert robustness.other_concept("shapes", "striped", 1) == "dotted"  # the next style
+    assert robustness.other_concept("shapes", "arrow", 1) == "circle"  # the next object, cyclically
+    assert robustness.other_concept("shapes", "hollow star", 1) == "hollow cross"  # same style, next object
+    assert robustness.folder_name("class", 7) == "d7" and robustness.folder_name("shapes", "hollow star") == \
+        "shapes-hollow_star"
+
+
+def test_a_shapes_report_tables_ira_and_cra(robustness, tmp_path):
+    def shapes_row(emb, inv):
+        row = _row(emb, inv)
+        del row["retain_acc"]
+        return {**row, "ira": 0.9, "cra": 0.95}
+
+    rows = {"original": shapes_row(0.9, 0.9), "ru": shapes_row(0.1, 0.3)}
+    data = {"date": "2026-12-04", "attacks": ["embedding", "inversion"], "budgets": {"embedding": {}, "inversion": {}},
+            "asr_samples": 100, "fid_samples": 48, "asr_sampler": "DDIM 20", "steps": 200, "command": "x",
+            "digits": [{"concept": "striped", "model": "shapes", "models": rows, "relearn": {}, "acceptance": None}]}
+    table = robustness.render(data, str(tmp_path))
+    assert "## Concept 'striped'" in table and "| FID | IRA | CRA | train s |" in table
+    assert "| ru | 1.000 | 0.00 -> **0.10** | 0.00 -> **0.30** | 2.50 | 0.900 | 0.950 |" in table
+    assert "Adversarial RU against RU" not in table  # no adversarial row on the shapes model
