@@ -186,7 +186,6 @@ def render(data: dict, out: str) -> str:
 def shapes_rows(args, steps: int, evaluation=None) -> tuple[dict, list[dict], dict]:
     """``(before, rows, eval settings)`` of every method on one shapes concept (``evaluation``: the
     ``ShapesEvalSettings``; default: the evaluator's, ``args.per_combo`` samples per combination)."""
-    from unlearn_fast.demo_shapes import shapes_train_config
     from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings, parse_concept, shapes_evaluator
     from unlearn_fast.shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
 
