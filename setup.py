@@ -43,14 +43,25 @@ def extensions():
     # torch picks the C++ standard it needs (C++17, or C++20 from 2.14). -g0 overrides the -g
     # of Python's default flags: the debug info is 96% of the library (19.5 MB against 0.75 MB).
     cxx = ["-O3", "-g0"]
+    link = []
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is an inline OpenMP loop: without -fopenmp it compiles to a serial
+        # loop and the kernel runs on one thread whatever torch.set_num_threads says. The
+        # extension's libgomp.so.1 resolves to the one torch has already loaded (same soname),
+        # so torch's thread count and thread pool are the ones used.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if want_cuda():
         sources = cpu_sources + sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
-            "unlearn_fast._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
+            "unlearn_fast._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
-        ext = cpp_extension.CppExtension("unlearn_fast._C", cpu_sources, extra_compile_args={"cxx": cxx})
+        ext = cpp_extension.CppExtension(
+            "unlearn_fast._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
     return [ext]
 
 

@@ -3,8 +3,10 @@
 Times forward, backward and full (forward + backward) steps of ``fused_eps_loss`` for
 every backend usable on the chosen device, beside a plain tensor copy that moves the same
 bytes as the minimum the fused step must move (read K inputs, write one gradient).
-Writes one long CSV (kernel, provider, mode, metric, size, p20, p50, p80, device,
-versions, date) and prints a markdown summary with the ratios.
+Also times the autograd floor: forward and ``backward()`` of a one-element graph, the
+fixed cost every provider's full step pays on top of its kernel. Writes one long CSV
+(kernel, provider, mode, metric, size, p20, p50, p80, floor_ms, device, versions, date)
+and prints a markdown summary with the ratios.
 
     python bench/bench_kernels.py --device cpu --sizes 8x4x64x64 --K 3 --M 2
 """
@@ -121,6 +123,15 @@ def run(args) -> list[dict]:
         copy_q = quantiles(lambda: dst.copy_(src), device, args.warmup, args.reps, args.min_seconds)
         rows_floor[0] = f"{copy_q[1]:.5g}"  # the memory floor: a copy of the bytes the step must move
         record("copy", "full", "ms", copy_q)
+        # the autograd floor: `loss.backward()` of a one-element graph, the fixed cost every
+        # provider's full step pays whatever its kernel (engine, grad_output, AccumulateGrad)
+        leaf = torch.zeros(1, device=device, requires_grad=True)
+
+        def tiny_step():
+            (leaf * 2.0).sum().backward()
+            leaf.grad = None
+
+        record("autograd-floor", "full", "ms", quantiles(tiny_step, device, args.warmup, args.reps, args.min_seconds))
         for name, loss_fn in providers(device, args.compile).items():
             p = pred.detach().clone().requires_grad_()
 
@@ -160,6 +171,7 @@ def summary(rows: list[dict]) -> str:
     for size in dict.fromkeys(r["size"] for r in rows):
         sel = {(r["provider"], r["mode"], r["metric"]): r for r in rows if r["size"] == size}
         copy = float(sel[("copy", "full", "ms")]["p50"])
+        tiny = sel.get(("autograd-floor", "full", "ms"))
         eager = float(sel[("eager", "full", "ms")]["p50"])
         compiled = {k[0]: float(v["p50"]) for k, v in sel.items() if k[0].startswith("compile") and k[1:] == ("full", "ms")}
         lines.append(f"\n### {rows[0]['kernel']} at {size} on {rows[0]['device']}\n")
@@ -167,7 +179,7 @@ def summary(rows: list[dict]) -> str:
         head += ["GB/s", "floor ms", "full / floor"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
-        for provider in dict.fromkeys(k[0] for k in sel if k[0] != "copy"):
+        for provider in dict.fromkeys(k[0] for k in sel if k[0] not in ("copy", "autograd-floor")):
             full = float(sel[(provider, "full", "ms")]["p50"])
             gbps = float(sel[(provider, "full", "GB/s")]["p50"])
             cells = [provider, sel[(provider, "forward", "ms")]["p50"], sel[(provider, "backward", "ms")]["p50"],
@@ -176,6 +188,9 @@ def summary(rows: list[dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append(f"| copy of the same bytes (the floor) | | | {copy:.4g} | {eager / copy:.1f}x | "
                      + "| " * len(compiled) + "| | 1.00x |")
+        if tiny is not None:
+            lines.append(f"\nautograd floor (forward + `backward()` of a one-element graph, paid by every "
+                         f"provider's full step): {float(tiny['p50']):.4g} ms")
     return "\n".join(lines)
 
 

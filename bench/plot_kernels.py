@@ -52,7 +52,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
                 frac.append(float(copy["p50"]) / p50 if copy else float("nan"))
             color = f"C{i}"  # one color per provider in both panels
             ax_t.bar(xs, ys, width, yerr=[lo, hi], label=provider, capsize=2, color=color)
-            if provider != "copy":
+            if provider not in ("copy", "autograd-floor"):  # no bytes of its own
                 ax_bw.bar(xs, frac, width, label=provider, color=color)
         for ax in (ax_t, ax_bw):
             ax.set_xticks(range(len(sizes)))

@@ -5,6 +5,8 @@ against an explicit per-head loop; each kernel backend is then compared with it 
 float64 on the same (dtype-rounded) inputs.
 """
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,6 +210,34 @@ def test_inputs_in_the_kernels_layout_skip_the_python_checks(monkeypatch):
     assert calls == [1, 1]
     with pytest.raises(ValueError, match=r"^weights: expected shape \[B=3, M=2\]"):
         fused_eps_loss(p, others, coeffs, weights[:2])  # the op refuses it; the full path names it
+    fused_eps_loss(p, others, coeffs, weights, backend="cpu")  # naming pred's device: the same op
+    assert calls == [1, 1, 1]
+    with pytest.raises(RuntimeError, match=r"^backend: 'cuda' is not available|^backend: 'cuda' runs on cuda"):
+        fused_eps_loss(p, others, coeffs, weights, backend="cuda")  # another device: the full path explains
+
+
+@pytest.mark.skipif("cpu" not in KERNELS, reason="C++ extension not built")
+def test_cpu_kernel_is_parallel_and_thread_count_independent():
+    """The kernel's at::parallel_for is OpenMP when torch's is (a build without -fopenmp runs it
+    on one thread); results are bit-identical whatever the thread count (fixed chunks)."""
+    from unlearn_fast import _C
+
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        with open(_C.__file__, "rb") as f:
+            assert b"GOMP_parallel" in f.read(), "unlearn_fast._C was built without -fopenmp"
+    pred, others, coeffs, weights = make((8, 4, 64, 64), 3, 2, per_sample=False)  # 32 chunks of 4096
+    pred.requires_grad_()
+    old, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            loss, dist = fused_eps_loss(pred, others, coeffs, weights, backend="cpu")
+            (grad,) = torch.autograd.grad(loss, pred)
+            runs.append((loss, dist, grad))
+    finally:
+        torch.set_num_threads(old)
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
 
 
 @pytest.mark.parametrize("backend", KERNELS)

@@ -234,7 +234,10 @@ def _backward(ctx, grad_loss, grad_dist, grad_buffer):
     return grad_pred, [None] * ctx.num_others, None, None, None, None
 
 
+_CPP_OP = None  # torch.ops.unlearn_fast.fused_eps_loss.default (the overload: no packet lookup per call)
+
 if _extension_error is None:
+    _CPP_OP = torch.ops.unlearn_fast.fused_eps_loss.default
 
     @torch.library.register_fake("unlearn_fast::fused_eps_loss")
     def _fused_eps_loss_fake(pred, others, coeffs, weights, sum_reduction, compute_grad):
@@ -265,39 +268,51 @@ if _triton_launcher is not None:
 # ---------------------------------------------------------------------------------------
 # The public entry point.
 
-_CPP_DEVICE_TYPES: set[str] | None = None  # device types "auto" sends to the C++ op
+_CPP_DEVICE_TYPES: frozenset[str] | None = None  # device types whose C++ kernel is usable here
 
 
 def _fast_call(pred, others, coeffs, weights, reduction, backend):
     """The C++ op called directly when the inputs are already in its layout and dtypes.
 
-    That is the training step's common case (contiguous fp32 inputs, ``backend="auto"``):
-    the op re-checks everything itself, so the Python validation and layout work is
-    skipped. Anything else, or anything the op rejects, returns ``None`` and takes the full
-    path, which names the bad argument or copies the tensor into the kernels' layout.
+    That is the training step's common case (contiguous inputs in the kernels' dtypes,
+    ``backend="auto"``, or ``"cpu"``/``"cuda"`` naming pred's device): the op re-checks
+    everything itself, so the Python validation and layout work is skipped. Anything else,
+    or anything the op rejects, returns ``None`` and takes the full path, which names the
+    bad argument or copies the tensor into the kernels' layout.
     """
     global _CPP_DEVICE_TYPES
-    if backend != "auto" or os.environ.get(BACKEND_ENV) or torch.compiler.is_compiling():
-        return None
-    if _CPP_DEVICE_TYPES is None:
-        _CPP_DEVICE_TYPES = {t for t in ("cpu", "cuda") if _why_unavailable(t) is None}
-    if type(pred) is not torch.Tensor or reduction not in ("mean", "sum"):
+    if type(pred) is not torch.Tensor:
         return None
     device = pred.device
-    if device.type not in _CPP_DEVICE_TYPES or not (isinstance(others, list) and pred.is_contiguous()):
+    if backend == "auto":
+        if os.environ.get(BACKEND_ENV):
+            return None
+    elif backend != device.type:  # "cpu" on CPU tensors, "cuda" on CUDA tensors: this same op
+        return None
+    if _CPP_DEVICE_TYPES is None:
+        _CPP_DEVICE_TYPES = frozenset(t for t in ("cpu", "cuda") if _why_unavailable(t) is None)
+    if device.type not in _CPP_DEVICE_TYPES or torch.compiler.is_compiling():
+        return None
+    if reduction == "mean":
+        sum_reduction = False
+    elif reduction == "sum":
+        sum_reduction = True
+    else:
+        return None
+    if type(others) not in (list, tuple) or not pred.is_contiguous():
         return None
     for other in others:  # (a tensor on another device would dispatch elsewhere, e.g. to meta)
         if type(other) is not torch.Tensor or not other.is_contiguous() or other.device != device:
             return None
-    if not (type(coeffs) is torch.Tensor and type(weights) is torch.Tensor
-            and coeffs.device == device and weights.device == device):
+    if type(coeffs) is not torch.Tensor or type(weights) is not torch.Tensor:
+        return None
+    if coeffs.device != device or weights.device != device:
         return None
     if coeffs.dim() == 2:
         coeffs = coeffs.unsqueeze(0)
     compute_grad = pred.requires_grad and torch.is_grad_enabled()
     try:
-        loss, dist, _ = torch.ops.unlearn_fast.fused_eps_loss(pred, others, coeffs, weights, reduction == "sum",
-                                                              compute_grad)
+        loss, dist, _ = _CPP_OP(pred, others, coeffs, weights, sum_reduction, compute_grad)
     except (RuntimeError, NotImplementedError):
         return None  # e.g. float64 coefficients, too many heads: the full path converts or explains
     return loss, dist
