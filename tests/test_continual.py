@@ -537,6 +537,17 @@ def test_cli_has_the_continual_command(capsys):
     assert "--sequence: expected class ids separated by commas" in capsys.readouterr().err
 
 
+def test_continual_help_shows_the_defaults_a_run_uses(capsys):
+    """Nested settings' flags show the enclosing settings' defaults (ContinualSettings
+    evaluates 100 samples per class, EvalSettings alone 20)."""
+    with pytest.raises(SystemExit):
+        cli_main(["continual", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {ContinualSettings().eval.per_class})" in text.split("--eval-per-class PER_CLASS", 2)[2][:120]
+    assert ContinualSettings().eval.per_class != EvalSettings().per_class
+    assert f"(default: {LacuSettings().lam_pres})" in text.split("--lacu-lam-pres LAM_PRES", 2)[2][:120]
+
+
 def test_last_request_probe_checks_its_arguments(tmp_path):
     import importlib.util
 

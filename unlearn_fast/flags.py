@@ -54,10 +54,24 @@ def split_list(values: list[str]) -> list[str]:
     return out
 
 
+def _field_default(f: dataclasses.Field, defaults=None):
+    """The value a field takes when not given: from ``defaults`` (the enclosing settings'
+    default instance) when there is one, else the field's own default or factory."""
+    if defaults is not None:
+        return getattr(defaults, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, prefix: str = "", skip=(), help=None,
-                            names=None) -> None:
+                            names=None, defaults=None) -> None:
     """One flag per field of ``cls`` (``skip``: field names left out; ``help``: help texts by
-    name, else the field's ``metadata["help"]``; ``names``: another flag name for a field)."""
+    name, else the field's ``metadata["help"]``; ``names``: another flag name for a field;
+    ``defaults``: the instance whose values the help shows as defaults, for nested settings
+    whose enclosing class sets other defaults than their own)."""
     hints = typing.get_type_hints(cls)
     help, names = help or {}, names or {}
     for f in dataclasses.fields(cls):
@@ -65,12 +79,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, prefix: str
             continue
         tp, optional = strip_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
-            add_dataclass_arguments(parser, tp, prefix=f"{prefix}{f.name}.", skip=skip)
+            add_dataclass_arguments(parser, tp, prefix=f"{prefix}{f.name}.", skip=skip,
+                                    defaults=_field_default(f, defaults))
             continue
         dest = prefix + f.name
         text = help.get(f.name, f.metadata.get("help"))
-        if text and f.default is not dataclasses.MISSING and f.default is not None:
-            text = f"{text} (default: {f.default})"
+        default = _field_default(f, defaults) if defaults is not None or f.default is not dataclasses.MISSING else None
+        if text and default is not None:
+            text = f"{text} (default: {default})"
         kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=text)
         name = flag(prefix + names.get(f.name, f.name))
         origin = typing.get_origin(tp)
