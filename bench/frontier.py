@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import CONSTRAINED, method_config  # noqa: E402  (bench/quality.py)
+from quality import CONSTRAINED, load_shapes, method_config, shapes_concept_name  # noqa: E402  (bench/quality.py)
 
 from unlearn_fast.eval.metrics import EvalSettings, embedded_evaluator  # noqa: E402
 from unlearn_fast.eval.report import public, write_json  # noqa: E402
@@ -466,14 +466,9 @@ def main(argv=None) -> int:
 def parse_concept_arg(parser, model: str, concept: list[str]) -> list:
     """``--concept``: digits 0-9 (class, text), or one shapes concept (its name, as the evaluator spells it)."""
     if model == "shapes":
-        from unlearn_fast.eval.shapes_metrics import parse_concept
-
         if len(concept) != 1:
             parser.error(f"--concept: the shapes model erases one concept at a time, got {concept}")
-        try:
-            return [parse_concept(concept[0]).name]
-        except ValueError as err:
-            parser.error("--concept: " + str(err).removeprefix("forget: "))
+        return [shapes_concept_name(parser, "--concept", concept[0])]
     try:
         digits = [int(c) for c in concept]
     except ValueError:
@@ -487,12 +482,11 @@ def parse_concept_arg(parser, model: str, concept: list[str]) -> list:
 def load_model(args):
     """``(original model, evaluator)`` of ``args.model``."""
     if args.model == "shapes":
-        from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings, shapes_evaluator
-        from unlearn_fast.shapes_zoo import load_shapes_ddpm
+        from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings
 
-        original, scheduler = load_shapes_ddpm()
-        settings = ShapesEvalSettings() if args.per_combo is None else ShapesEvalSettings(per_combo=args.per_combo)
-        return original, shapes_evaluator(scheduler, settings)
+        settings = None if args.per_combo is None else ShapesEvalSettings(per_combo=args.per_combo)
+        _, original, evaluator = load_shapes(evaluation=settings)
+        return original, evaluator
     original, scheduler = load_embedded(args.model)
     return original, embedded_evaluator(scheduler, EvalSettings(per_class=args.per_class), model=args.model)
 

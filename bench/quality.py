@@ -183,18 +183,38 @@ def render(data: dict, out: str) -> str:
     return table
 
 
+def shapes_concept_name(parser: argparse.ArgumentParser, flag: str, text: str) -> str:
+    """One shapes concept (an object, a style or "style object") as the evaluator spells it,
+    or the flag's one-line error (exit 2). Shared by the benches that take shapes concepts."""
+    from unlearn_fast.eval.shapes_metrics import parse_concept
+
+    try:
+        return parse_concept(text).name
+    except ValueError as err:
+        parser.error(f"{flag}: " + str(err).removeprefix("forget: "))
+
+
+def load_shapes(model_path: str | None = None, evaluation: ShapesEvalSettings | None = None):
+    """``(model folder, original model, evaluator)`` of the shapes benchmark: the shipped model
+    unless ``model_path``; the evaluator at ``evaluation`` (default: its own settings)."""
+    from unlearn_fast.eval.shapes_metrics import shapes_evaluator
+    from unlearn_fast.shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
+
+    model_dir = model_path or SHAPES_DDPM_DIR
+    original, scheduler = load_shapes_ddpm(model_dir)
+    return model_dir, original, shapes_evaluator(scheduler, evaluation or ShapesEvalSettings())
+
+
 def shapes_rows(args, steps: int, evaluation=None) -> tuple[dict, list[dict], dict]:
     """``(before, rows, eval settings)`` of every method on one shapes concept (``evaluation``: the
     ``ShapesEvalSettings``; default: the evaluator's, ``args.per_combo`` samples per combination)."""
-    from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings, parse_concept, shapes_evaluator
-    from unlearn_fast.shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
+    from unlearn_fast.eval.shapes_metrics import parse_concept
 
     if len(args.forget) != 1:
         raise SystemExit(f"--forget: --model shapes compares the methods on one concept, got {args.forget}")
     concept = parse_concept(args.forget[0])
-    model_dir = args.model_path or SHAPES_DDPM_DIR
-    original, scheduler = load_shapes_ddpm(model_dir)
-    evaluator = shapes_evaluator(scheduler, evaluation or ShapesEvalSettings(per_combo=args.per_combo))
+    model_dir, original, evaluator = load_shapes(args.model_path,
+                                                 evaluation or ShapesEvalSettings(per_combo=args.per_combo))
     before = public(evaluator.evaluate(original, concept))
     rows = []
     for method in args.methods:

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quality import method_config  # noqa: E402
+from quality import method_config, shapes_concept_name  # noqa: E402
 
 from unlearn_fast.attacks import AttackSettings, run_attack  # noqa: E402
 from unlearn_fast.demo import DemoSettings  # noqa: E402
@@ -329,12 +329,7 @@ def main(argv=None) -> int:
     args.steps = args.steps or DemoSettings().steps
     args.attack_steps = {"embedding": args.embedding_steps, "inversion": args.inversion_steps}
     if args.model == "shapes":
-        from unlearn_fast.eval.shapes_metrics import parse_concept
-
-        try:
-            concepts = [parse_concept(c).name for c in args.concepts]
-        except ValueError as err:
-            parser.error("--concepts: " + str(err).removeprefix("forget: "))
+        concepts = [shapes_concept_name(parser, "--concepts", c) for c in args.concepts]
     else:
         concepts = args.digits
     digits = [run_concept(c, args, print) for c in concepts]

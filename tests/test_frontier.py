@@ -124,3 +124,10 @@ def test_cached_reports_what_was_run_and_runs_nothing(frontier, tmp_path):
                             "ablation", steps, 50)})
     args.methods, args.values = ["ablation"], {"ablation": (50,)}
     assert len(frontier.run_all(args, None, None)) == 1
+
+
+def test_the_cli_names_a_bad_shapes_concept(frontier, capsys):
+    with pytest.raises(SystemExit) as err:
+        frontier.main(["--model", "shapes", "--concept", "dog", "--render"])
+    assert err.value.code == 2
+    assert "--concept: " in capsys.readouterr().err

@@ -80,3 +80,10 @@ def test_a_shapes_report_tables_ira_and_cra(robustness, tmp_path):
     assert "## Concept 'striped'" in table and "| FID | IRA | CRA | train s |" in table
     assert "| ru | 1.000 | 0.00 -> **0.10** | 0.00 -> **0.30** | 2.50 | 0.900 | 0.950 |" in table
     assert "Adversarial RU against RU" not in table  # no adversarial row on the shapes model
+
+
+def test_an_unknown_shapes_concept_is_one_flag_error(robustness, capsys):
+    with pytest.raises(SystemExit) as err:
+        robustness.main(["--model", "shapes", "--concepts", "striped", "dog"])
+    assert err.value.code == 2
+    assert "--concepts: " in capsys.readouterr().err
