@@ -7,6 +7,7 @@ neighbour accuracy and the Frechet distance after the last request, and whether 
 acceptance holds (retain >= 90% of the original's, UA >= 0.95 on every erased class).
 
     python bench/continual_summary.py bench/results/continual/*/report.json --out bench/results/continual/README.md
+    python bench/continual_summary.py REPORT... --per-request   # pass/fail after every request
 """
 
 from __future__ import annotations
@@ -46,15 +47,48 @@ def summary(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def request_grid(reports: list[dict]) -> str:
+    """Pass/fail after every request, per sequence and method (UA >= 0.95 on every class erased
+    so far, retain >= 90% of the original's on the same retained classes), and the final FID
+    against the original's (at most 2x): issue 16's acceptance, read by
+    ``unlearn_fast.continual.acceptance``."""
+    from unlearn_fast.continual import acceptance
+
+    n = max(len(r["sequence"]) for r in reports)
+    lines = ["| sequence | method | " + " | ".join(f"r{i}" for i in range(1, n + 1))
+             + " | lowest UA (any request) | lowest retain share | final FID / original | passed |",
+             "|---|---|" + "---|" * n + "---|---|---|---|"]
+    for report in reports:
+        seq = ",".join(map(str, report["sequence"]))
+        for method in report["methods"]:
+            acc = acceptance(report, method)
+            marks = []
+            for p in acc["steps"]:
+                why = ", ".join(name for name, ok in (("UA", p["ua_ok"]), ("retain", p["retain_ok"])) if not ok)
+                marks.append("pass" if p["passed"] else f"**fail** ({why})")
+            marks += [""] * (n - len(marks))
+            ratio = "-" if acc["fid_ratio"] is None else f"{acc['fid_ratio']:.2f}x"
+            lines.append(f"| {seq} | {method} | " + " | ".join(marks)
+                         + f" | {min(p['ua_min'] for p in acc['steps']):.2f}"
+                         + f" | {min(p['retain_ratio'] for p in acc['steps']):.1%} | {ratio}"
+                         + f" | {'**yes**' if acc['passed'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="report.json files of bench/continual.py")
     parser.add_argument("--out", default=None, help="write the table (with a title) to this markdown file")
+    parser.add_argument("--per-request", action="store_true",
+                        help="print the pass/fail grid after every request (issue 16's acceptance) instead")
     args = parser.parse_args(argv)
     reports = []
     for path in args.reports:
         with open(path) as f:
             reports.append(json.load(f))
+    if args.per_request:
+        print(request_grid(reports))
+        return 0
     table = summary(reports)
     print(table)
     if args.out:

@@ -599,3 +599,30 @@ def test_bench_merges_baselines_into_a_reused_report(tmp_path):
     old.write_text(json.dumps(both))
     with pytest.raises(SystemExit, match="--merge: .* has another sequence, evaluation or original model"):
         bench.main(["--reuse", str(new), "--merge", str(old), "--results", str(out)])
+
+
+def test_acceptance_checks_every_request_and_the_final_fid():
+    """Issue 16's reading: every request passes (UA, retain) and the final FID is at most 2x the original's."""
+    from unlearn_fast.continual import acceptance
+
+    def report(fid_end, ua=(1.0, 0.96), retain=(0.95, 0.9)):
+        steps = [{"step": i + 1, "ua_min": u, "retain_acc": r, "fid": fid_end if i == 1 else 3.0}
+                 for i, (u, r) in enumerate(zip(ua, retain))]
+        return {"original": {"fid": 4.0, "per_step": [{"step": 1, "retain_acc": 0.96}, {"step": 2, "retain_acc": 0.96}]},
+                "methods": {"constrained": {"steps": steps}}, "sequence": [3, 8]}
+
+    ok = acceptance(report(8.0))
+    assert ok["passed"] and ok["fid_ratio"] == 2.0 and ok["fid_ok"]
+    assert not acceptance(report(8.1))["passed"] and acceptance(report(8.1))["failed_steps"] == []
+    bad = acceptance(report(4.0, ua=(0.94, 1.0)))
+    assert not bad["passed"] and bad["failed_steps"] == [1]
+    assert acceptance(report(4.0, retain=(0.95, 0.86)))["failed_steps"] == [2]  # 0.86 < 0.9 x 0.96
+
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "continual_summary.py")
+    spec = importlib.util.spec_from_file_location("bench_continual_summary", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    grid = summary.request_grid([report(8.1, ua=(0.94, 1.0))])
+    assert "| 3,8 | constrained | **fail** (UA) | pass | 0.94 | 93.8% | 2.02x | no |" in grid

@@ -15,12 +15,14 @@ PLOT_METRICS = (("ua", "UA over erased classes (mean)"), ("ua_min", "UA, lowest 
                 ("neighbor_acc", "neighbour accuracy"), ("fid", "Frechet distance (features)"))
 
 
-def acceptance(report: dict, method: str | None = None, retain_ratio: float = 0.9, ua_min: float = 0.95) -> dict | None:
+def acceptance(report: dict, method: str | None = None, retain_ratio: float = 0.9, ua_min: float = 0.95,
+               fid_ratio_max: float = 2.0) -> dict | None:
     """The acceptance check of ``method`` (default: the default continual method if it ran, else
     the first) after every request: UA at least ``ua_min`` on every class erased so far and
     retain accuracy at least ``retain_ratio`` of the original model's on the same retained
-    classes (``original.per_step``). ``passed``: every step passes; the top-level numbers are
-    the last step's."""
+    classes (``original.per_step``); after the last request, FID at most ``fid_ratio_max``
+    times the original's. ``passed``: every step passes and the final FID does; the top-level
+    numbers are the last step's."""
     from .strategies import DEFAULT_METHOD
 
     methods = report["methods"]
@@ -37,8 +39,12 @@ def acceptance(report: dict, method: str | None = None, retain_ratio: float = 0.
                          "original_retain_acc": orig, "retain_ratio": ratio, "retain_ok": ok_retain, "ua_ok": ok_ua,
                          "passed": ok_retain and ok_ua})
     last = per_step[-1]
+    fid, fid0 = methods[method]["steps"][-1].get("fid"), report["original"].get("fid")
+    fid_ratio = fid / fid0 if fid is not None and fid0 else None
+    fid_ok = fid_ratio is not None and fid_ratio <= fid_ratio_max
     return {"method": method, **{k: v for k, v in last.items() if k != "step"}, "steps": per_step,
-            "passed": all(p["passed"] for p in per_step),
+            "fid_ratio": fid_ratio, "fid_ok": fid_ok,
+            "passed": all(p["passed"] for p in per_step) and fid_ok,
             "failed_steps": [p["step"] for p in per_step if not p["passed"]]}
 
 
@@ -80,10 +86,14 @@ def markdown_table(report: dict) -> str:
     acc = report.get("acceptance")
     if acc:
         failed = acc.get("failed_steps", [])
+        why = ([f"at step {','.join(map(str, failed))}"] if failed else []) + (
+            ["final FID"] if acc.get("fid_ok") is False else [])
+        fid = f", final FID {acc['fid_ratio']:.2f}x the original's" if acc.get("fid_ratio") is not None else ""
         lines += ["", f"Acceptance ({acc['method']}, after every request: min UA >= 0.95 and retain >= 90% of the "
-                      f"original's): {'passed' if acc['passed'] else 'FAILED at step ' + ','.join(map(str, failed))}; "
+                      f"original's; final FID at most 2x the original's): "
+                      f"{'passed' if acc['passed'] else 'FAILED ' + ' and '.join(why)}; "
                       f"last step: retain {acc['retain_acc']:.3f} = {acc['retain_ratio']:.1%} of "
-                      f"{acc['original_retain_acc']:.3f}, min UA {acc['ua_min']:.3f}."]
+                      f"{acc['original_retain_acc']:.3f}, min UA {acc['ua_min']:.3f}{fid}."]
     return "\n".join(lines)
 
 
