@@ -15,7 +15,7 @@ from unlearn_fast.cli import SUBCOMMANDS, main as cli_main
 from unlearn_fast.config import ConfigError, TrainConfig
 from unlearn_fast.continual import (
     ConstrainedSettings, ContinualSettings, LacuSettings, ScoreDistance, TargetConfusion, markdown_table, run_continual, select_replay,
-    select_target,
+    NAIVE_RU, select_target,
 )
 from unlearn_fast.engine import UnlearningObjective
 from unlearn_fast.eval.classifier import DigitClassifier
@@ -463,6 +463,9 @@ def test_two_request_continual_run_writes_a_per_step_report(tmp_path, class_dir,
     cfg = json.load(open(tmp_path / "out" / "lacu" / "step02" / "config.json"))
     assert cfg["model_path"] == lacu[0]["model_dir"] and cfg["l2_anchor"] == settings.lacu.lam_reg
     assert [s["step"] for s in on_disk["methods"]["simultaneous"]["steps"]] == [2]
+    for method in ("naive", "simultaneous"):  # RU at NAIVE_RU's constants, whatever the method's name
+        train_rec = on_disk["methods"][method]["steps"][-1]["train"]
+        assert train_rec["method"] == "ru" and train_rec["method_kwargs"] == NAIVE_RU["method_kwargs"]
     constrained = on_disk["methods"]["constrained"]["steps"]
     assert constrained[1]["train"]["method"] == "clacu" and constrained[1]["remapped"] == {"3": constrained[1]["remapped"]["3"]}
     duals = constrained[1]["duals"]  # per logged step: the dual and constraint of the earlier erasure 3

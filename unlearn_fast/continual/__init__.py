@@ -12,7 +12,7 @@ formulas: docs/continual.md; measured results: bench/results/continual/.
 
 from .distance import LabelDistance, ScoreDistance, TargetConfusion
 from .report import PLOT_METRICS, acceptance, load_report, markdown_table, plot, write_report
-from .requests import NAIVE_RU, finished_request, scores, telemetry, train_request
+from .requests import NAIVE_RU, finished_request, ru_request, scores, telemetry, train_request
 from .runner import run_continual, run_sequence
 from .selection import select_replay, select_target
 from .settings import CONTINUAL_MODELS, ConstrainedSettings, ContinualSettings, LacuSettings
@@ -25,6 +25,6 @@ __all__ = [
     "CONTINUAL_METHODS", "CONTINUAL_MODELS", "DEFAULT_METHOD", "NAIVE_RU", "PLOT_METRICS", "STRATEGIES",
     "ConstrainedSettings", "ContinualSettings", "LabelDistance", "LacuSettings", "ScoreDistance", "SequenceContext",
     "Strategy", "TargetConfusion", "acceptance", "finished_request", "load_report", "markdown_table", "plot",
-    "run_continual", "run_sequence", "scores", "select_replay", "select_target", "telemetry", "train_request",
-    "write_report",
+    "ru_request", "run_continual", "run_sequence", "scores", "select_replay", "select_target", "telemetry",
+    "train_request", "write_report",
 ]

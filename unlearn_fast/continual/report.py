@@ -120,7 +120,7 @@ def plot(report: dict, path: str) -> None:
         for method, res in report["methods"].items():
             xs = [s["step"] for s in res["steps"]]
             ys = [s[key] for s in res["steps"]]
-            if method == "simultaneous":
+            if len(xs) == 1 and n > 1:  # one model for the whole sequence (simultaneous): a point, not a line
                 ax.plot(xs, ys, "*", ms=12, label=method)
             else:
                 ax.plot(xs, ys, "o-", label=method)

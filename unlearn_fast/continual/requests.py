@@ -1,8 +1,8 @@
 """One request of a continual run as a trainer run: its TrainConfig, reuse of a finished one, its scores.
 
 ``train_request`` turns class labels into the model's condition names, builds the
-``TrainConfig`` (RU at ``NAIVE_RU`` unless the caller gives kwargs), and runs ``training.train``
-in the request's folder; a rerun reuses a ``final/`` written with the same settings and
+``TrainConfig`` (the caller's method and kwargs; ``ru_request``: RU at ``NAIVE_RU``), and runs
+``training.train`` in the request's folder; a rerun reuses a ``final/`` written with the same settings and
 resumes an interrupted request from its checkpoint.
 """
 
@@ -47,7 +47,7 @@ def train_request(settings: ContinualSettings, method: str, model_path: str | No
     from ..training import list_checkpoints, train
 
     names = embedded_condition_names(settings.model)
-    extra = {"log_every": steps, **(NAIVE_RU if method == "ru" else {})}
+    extra = {"log_every": steps}
     if settings.model == "text":
         extra["pool_size"] = settings.pool_size  # lacu's overrides replace it
     if method_kwargs is not None:
@@ -70,6 +70,13 @@ def train_request(settings: ContinualSettings, method: str, model_path: str | No
         config = dataclasses.replace(config, resume="latest", overwrite=False)
     result = train(config)
     return result, time.perf_counter() - start, config
+
+
+def ru_request(settings: ContinualSettings, model_path: str | None, forget: list[int], out_dir: str, *,
+               steps: int, l2_anchor: float = 0.0, seed: int = 0):
+    """A request of naive / l2 / simultaneous: RU at ``NAIVE_RU`` on ``forget``."""
+    return train_request(settings, "ru", model_path, forget, out_dir, steps=steps,
+                         method_kwargs=NAIVE_RU["method_kwargs"], l2_anchor=l2_anchor, seed=seed)
 
 
 #: settings that do not change what a request trains

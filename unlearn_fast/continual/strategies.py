@@ -25,7 +25,7 @@ import torch
 from ..eval.metrics import ClassEvaluator
 from ..models import ConditionedModel
 from .distance import LabelDistance, ScoreDistance, TargetConfusion
-from .requests import scores, telemetry, train_request, train_summary
+from .requests import ru_request, scores, telemetry, train_request, train_summary
 from .selection import select_replay, select_target
 from .settings import ContinualSettings
 
@@ -103,8 +103,8 @@ class Naive(PerRequest):
 
     def train(self, ctx, n, request, out_dir, seed):
         s = self.settings
-        result, seconds, config = train_request(s, "ru", ctx.path, [request], out_dir, steps=s.steps,
-                                                l2_anchor=self.anchor(), seed=seed)
+        result, seconds, config = ru_request(s, ctx.path, [request], out_dir, steps=s.steps,
+                                             l2_anchor=self.anchor(), seed=seed)
         return result, seconds, config, {}
 
 
@@ -243,8 +243,8 @@ class Simultaneous(Strategy):
         s = self.settings
         seq = [int(c) for c in s.sequence]
         n_steps = s.simultaneous_steps or s.steps * len(seq)
-        result, seconds, config = train_request(s, "ru", s.model_path, seq, os.path.join(ctx.root, "all"),
-                                                steps=n_steps, seed=s.seed)
+        result, seconds, config = ru_request(s, s.model_path, seq, os.path.join(ctx.root, "all"),
+                                             steps=n_steps, seed=s.seed)
         t0 = time.perf_counter()
         rec = {"step": len(seq), "request": seq, "erased": seq,
                **scores(ctx.evaluator, result.model, seq, ctx.original), "train_seconds": round(seconds, 1),
