@@ -152,7 +152,7 @@ def run_concept(concept, args, log) -> dict:
             continue
         rows[name] = dict(zip(("model_dir", "train_seconds"), train_variant(name, concept, args.steps, root, log,
                                                                             model)))
-    if model == "class":
+    if model == "class" and args.continual_method != "none":
         cont = f"continual {args.continual_method}"
         rows[cont] = dict(zip(("model_dir", "train_seconds"),
                               continual_model(concept, args.continual_prefix, args.continual_method, root,
@@ -312,7 +312,8 @@ def main(argv=None) -> int:
     parser.add_argument("--relearn-steps", type=int, default=50)
     parser.add_argument("--init-from", type=int, default=1,
                         help="the digit the original's second attack starts from (the next digit if equal)")
-    parser.add_argument("--continual-method", default="lacu")
+    parser.add_argument("--continual-method", default="lacu",
+                        help="the continual row's method (none: no continual row)")
     parser.add_argument("--continual-prefix", type=int, nargs="+", default=[5],
                         help="requests of the continual run before the digit")
     parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: the demo's)")

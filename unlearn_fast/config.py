@@ -158,7 +158,7 @@ class TrainConfig:
     adversarial_every: int = 5
     adversarial_steps: int = 10
     adversarial_lr: float = 0.1
-    adversarial_share: float = 0.5
+    adversarial_share: float = 0.25
 
     weighting: Literal["simple", "kl", "elbo", "snr", "min_snr"] = "simple"
     snr_gamma: Optional[float] = None

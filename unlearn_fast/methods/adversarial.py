@@ -48,7 +48,7 @@ class Adversarial(Method):
     """
 
     def __init__(self, method: Method, concept: int, *, every: int = 5, steps: int = 10, lr: float = 0.1,
-                 share: float = 0.5):
+                 share: float = 0.25):
         check_adversarial(every, steps, lr, share)
         self.inner = method
         self.concept = concept
