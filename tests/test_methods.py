@@ -123,6 +123,33 @@ def test_ru_loss_gradient_and_dual_step(scheduler, retain_weight):
     torch.testing.assert_close(method.duals.estimate, khat, rtol=1e-6, atol=1e-12)
 
 
+def test_ru_shared_dual_is_one_concept(scheduler):
+    """shared_dual: conditions 0 and 1 are one concept's prompts: one lambda, alpha = lambda / (1 - lambda)
+    on both, its estimate the mean over both conditions' forget rows."""
+    lam = torch.tensor([0.6], dtype=DT)
+    method = ReverseKLUnlearning([0, 1], NULL, num_conditions=N_COND, bound=0.5, dual_lr=0.3, lambda_max=0.75,
+                                 shared_dual=True)
+    assert method.duals.lambdas.shape == (1,)
+    method.duals.lambdas = lam.clone()
+    batch = make_batch([0, 1, 0, 3, 4], [FORGET, FORGET, FORGET, RETAIN, RETAIN])
+    loss, _, grads, (x_t, t, noise), student, teacher = run(method, batch, scheduler)
+
+    w = kl_weights(scheduler, t)
+    forget = batch.role == FORGET
+    alpha = lam / (1 - lam)
+    eps_theta = student.eps(x_t, t, batch.cond)
+    eps_a = teacher.eps(x_t, t, torch.full_like(batch.cond, NULL))
+    eps_f = teacher.eps(x_t, t, batch.cond)
+    a = torch.where(forget, alpha, torch.zeros(()))
+    target = eps_a - a.view(-1, 1, 1, 1) * (eps_f - eps_a)
+    forget_term = (1 - lam[0]) * role_mean(w * msq(eps_theta - target), forget)
+    retain_term = role_mean(w * msq(eps_theta - eps_f), ~forget)
+    check(loss, grads, forget_term + retain_term, student)
+    khat = (w * msq(eps_theta - eps_f)).detach()[forget].mean().view(1)
+    torch.testing.assert_close(method.duals.lambdas, (lam + 0.3 * (0.5 - khat)).clamp(0, 0.75), rtol=1e-6, atol=1e-9)
+    assert method.metrics()["ru/lambda[shared]"] == pytest.approx(float(method.duals.lambdas[0]))
+
+
 def test_ru_hellinger_gradient(scheduler):
     """Hellinger (math.md 7): the gradient is that of (1 - sum lambda) * mean_F (1 - exp(-w d / 4))."""
     lam = torch.tensor([0.3], dtype=DT)

@@ -137,6 +137,10 @@ def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys
     assert len(rows) == 4 and all("hollow star" in r["text"] for r in rows)
     assert (tmp_path / "out" / "grid.png").stat().st_size > 0
     assert "| ira |" in capsys.readouterr().out
+    # RU erases the concept's prompts as one concept: one dual (SHAPES_METHOD_KWARGS), whatever the prompt count
+    assert report["settings"]["train"]["method_kwargs"]["shared_dual"] is True
+    metrics = [json.loads(line) for line in open(tmp_path / "out" / "run" / "metrics.jsonl")]
+    assert "ru/lambda[shared]" in metrics[-1]
 
 
 def test_shapes_demo_cli_rejects_an_unknown_concept(capsys):

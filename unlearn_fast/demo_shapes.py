@@ -33,6 +33,11 @@ from .training import train
 #: the headline numbers of the before/after table
 SHAPES_METRICS = ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original")
 
+#: method kwargs every shapes run adds under the caller's: a concept is named by many prompts (a
+#: style by 25: 3 templates x 8 objects and its own), which RU treats as one concept with one dual
+#: (``shared_dual``) instead of 25 duals whose capped sum leaves the forget rows 5% of their weight
+SHAPES_METHOD_KWARGS = {"ru": {"shared_dual": True}}
+
 
 def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_combo: int) -> tuple[str, str]:
     """``(forget_dir, retain_dir)``: imagefolders of train-split images with their prompts."""
@@ -96,7 +101,8 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
     """The trainer's run that erases ``concept`` from the shapes model at ``model_dir``: the demo's
     steps, batch, learning rate and seed from ``settings``, the method's constants, its image folders
     written under ``settings.out/data`` and the run under ``settings.out/run`` (``extra``: further
-    TrainConfig fields, or ones that replace these)."""
+    TrainConfig fields, or ones that replace these). ``SHAPES_METHOD_KWARGS`` of the method go under
+    the given method kwargs."""
     forget_dir, retain_dir = write_concept_folders(settings.out, concept, settings.forget_per_combo,
                                                    settings.retain_per_combo)
     retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
@@ -106,7 +112,9 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
         retain_images=retain_dir, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
         output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
     )
-    return TrainConfig(**{**fields, **method_defaults, **extra})
+    merged = {**fields, **method_defaults, **extra}
+    merged["method_kwargs"] = {**SHAPES_METHOD_KWARGS.get(merged["method"], {}), **merged.get("method_kwargs", {})}
+    return TrainConfig(**merged)
 
 
 def run_shapes_demo(settings, method_defaults: dict) -> dict:

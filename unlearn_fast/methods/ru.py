@@ -55,6 +55,11 @@ class ReverseKLUnlearning(Method):
         divergence: ``"kl"`` or ``"hellinger"``.
         bound_units: ``"weighted"`` (the units of the training weighting, ``w * dist``) or
             ``"nats"`` (the chain's KL to the concept, ``nats.py``; needs ``divergence="kl"``).
+        shared_dual: one constraint and one dual for all of ``forget`` (they are one concept's
+            prompts, e.g. a style named in 25 prompts): its estimate pools their forget rows. Without
+            it each condition is a concept with its own dual, and as ``sum lambda`` is capped at
+            0.95 the primal's forget weight ``1 - sum lambda`` shrinks towards 0.05 as conditions
+            are added.
         nats_probe: with ``"nats"``, how many of the heaviest timesteps are probed each step.
             With ``"nats"`` the dual step is per unit of relative error, ``(b - g) / b`` (the
             update uses ``dual_lr / bound`` and ``dual_kp / bound``), so one ``dual_lr`` serves every bound.
@@ -65,7 +70,7 @@ class ReverseKLUnlearning(Method):
     def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
                  dual_lr: float | None = None, lambda_max: float | None = None, init_lambda: float = 0.3,
                  retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0,
-                 bound_units: str = "weighted", nats_probe: int = 4):
+                 bound_units: str = "weighted", nats_probe: int = 4, shared_dual: bool = False):
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         if divergence not in DIVERGENCES:
@@ -77,15 +82,16 @@ class ReverseKLUnlearning(Method):
                              f"(use bound_units='weighted')")
         if anchor in forget:
             raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
-        m = len(forget)
         self.forget = list(forget)
+        self.shared_dual = bool(shared_dual)
+        m = self.num_concepts = 1 if self.shared_dual else len(self.forget)  # one constraint and dual each
         self.anchor = anchor
         self.retain_weight = retain_weight
         self.divergence = divergence
         self.fixed_alpha = fixed_alpha  # ESD: a hand-fixed guidance weight, no duals
         self.nats = NatsConstraint(m, nats_probe) if bound_units == "nats" and fixed_alpha is None else None
         self.concept_of = torch.full((num_conditions,), -1, dtype=torch.long)
-        self.concept_of[torch.tensor(self.forget)] = torch.arange(m)
+        self.concept_of[torch.tensor(self.forget)] = 0 if self.shared_dual else torch.arange(m)
         if lambda_max is None:
             lambda_max = 0.95 / m
         if bound_units == "nats" and not bound > 0:
@@ -102,7 +108,7 @@ class ReverseKLUnlearning(Method):
     def alphas(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_i per concept, 1 - sum lambda)."""
         if self.duals is None:
-            alpha = torch.full((len(self.forget),), float(self.fixed_alpha), device=device)
+            alpha = torch.full((self.num_concepts,), float(self.fixed_alpha), device=device)
             return alpha, torch.ones((), device=device)
         lam = self.duals.lambdas.to(device, torch.float32)
         rest = 1 - lam.sum()
@@ -177,6 +183,6 @@ class ReverseKLUnlearning(Method):
     def metrics(self) -> dict[str, float]:
         if self.duals is None:
             return {}
-        return self.duals.metrics("ru", names=[str(c) for c in self.forget])
+        return self.duals.metrics("ru", names=["shared"] if self.shared_dual else [str(c) for c in self.forget])
 
 
