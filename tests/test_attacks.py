@@ -229,12 +229,14 @@ def test_adversarial_rows_see_the_attacks_conditioning_and_the_attack_follows_th
     start = result.teacher.module.class_embedding.weight[3].float()
     assert not torch.allclose(method.attacked.embedding.detach(), start)  # two rounds moved it off the concept's
     assert "adv_inversion_loss" in result.metrics and "ru/lambda[3]" in result.metrics
-    # half of the forget rows read the attack's condition; the retain rows and the teacher's slots are untouched
+    # a share of the forget rows (the default 0.25: one of four) reads the attack's condition; the retain rows
+    # and the teacher's slots are untouched
     role = torch.tensor([FORGET] * 4 + [RETAIN] * 2)
     batch = Batch(torch.zeros(6, 1, 8, 8), torch.tensor([3, 3, 3, 3, 1, 7]), role, n_forget=4)
     plain = method.inner.recipe(batch, torch.ones(6))
     r = method.recipe(batch, torch.ones(6))
-    assert r.student_cond.tolist() == [method.attacked.attack_id] * 2 + [3, 3, 1, 7]
+    assert method.share == 0.25
+    assert r.student_cond.tolist() == [method.attacked.attack_id] + [3, 3, 3, 1, 7]
     assert torch.equal(r.teacher_conds, plain.teacher_conds) and torch.equal(r.coeffs, plain.coeffs)
     info = json.loads((Path(result.final_dir) / "unlearn_info.json").read_text())
     assert info["duals"]["lambdas"] and info["config"]["adversarial"] is True
