@@ -148,6 +148,8 @@ def test_ru_shared_dual_is_one_concept(scheduler):
     khat = (w * msq(eps_theta - eps_f)).detach()[forget].mean().view(1)
     torch.testing.assert_close(method.duals.lambdas, (lam + 0.3 * (0.5 - khat)).clamp(0, 0.75), rtol=1e-6, atol=1e-9)
     assert method.metrics()["ru/lambda[shared]"] == pytest.approx(float(method.duals.lambdas[0]))
+    with pytest.raises(ValueError, match=r"^shared_dual: expected true or false, got 'no'$"):
+        ReverseKLUnlearning([0, 1], NULL, num_conditions=N_COND, shared_dual="no")
 
 
 def test_ru_hellinger_gradient(scheduler):

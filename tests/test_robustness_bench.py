@@ -87,3 +87,24 @@ def test_an_unknown_shapes_concept_is_one_flag_error(robustness, capsys):
         robustness.main(["--model", "shapes", "--concepts", "striped", "dog"])
     assert err.value.code == 2
     assert "--concepts: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("continual_method", ["none", "lacu"])
+def test_continual_method_none_leaves_out_the_continual_row(robustness, monkeypatch, tmp_path, continual_method):
+    import argparse
+
+    trained = []
+    monkeypatch.setattr(robustness, "train_variant", lambda name, *a, **k: (f"runs/{name}", 1.0))
+    monkeypatch.setattr(robustness, "continual_model", lambda *a, **k: trained.append(a) or ("runs/cont", 2.0))
+    monkeypatch.setattr(robustness, "attack", lambda *a, **k: {"asr_before": 0.0, "asr": 0.1, "fid": 2.5,
+                                                                  "retain_acc": 0.95, "per_step_asr": [],
+                                                                  "budget": {}})
+    args = argparse.Namespace(model="class", runs=str(tmp_path), init_from=1, variants=["ru"], steps=2,
+                              continual_method=continual_method, continual_prefix=[5], threads=1,
+                              attacks=["embedding"], attack_steps={"embedding": None}, asr_every=20,
+                              relearn_steps=2)
+    rows = robustness.run_concept(7, args, log=lambda line: None)["models"]
+    if continual_method == "none":
+        assert list(rows) == ["original", "original, from 1", "ru"] and not trained
+    else:
+        assert "continual lacu" in rows and len(trained) == 1

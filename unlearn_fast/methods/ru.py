@@ -82,8 +82,10 @@ class ReverseKLUnlearning(Method):
                              f"(use bound_units='weighted')")
         if anchor in forget:
             raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
+        if not isinstance(shared_dual, bool):
+            raise ValueError(f"shared_dual: expected true or false, got {shared_dual!r}")
         self.forget = list(forget)
-        self.shared_dual = bool(shared_dual)
+        self.shared_dual = shared_dual
         m = self.num_concepts = 1 if self.shared_dual else len(self.forget)  # one constraint and dual each
         self.anchor = anchor
         self.retain_weight = retain_weight
