@@ -88,8 +88,8 @@ def _toml_value(v) -> str:
     return json.dumps(str(v))
 
 
-FLAGS = ["--" + k.replace("_", "-") for k in KEYS if k != "method_kwargs"] + ["--method-kwarg", "--config",
-                                                                             "--not-a-flag"]
+FLAGS = ["--" + k.replace("_", "-") for k in KEYS if k not in ("method_kwargs", "anchor_map")] + [
+    "--method-kwarg", "--anchor-map", "--config", "--not-a-flag"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

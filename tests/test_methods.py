@@ -302,6 +302,48 @@ def test_ablation_regresses_onto_anchor(scheduler):
     check(loss, grads, ref, student)
 
 
+# --- per-condition anchors (TrainConfig.anchor_map) -----------------------------------------
+
+
+def test_esd_anchor_table_gives_each_forget_condition_its_anchor(scheduler):
+    """With a table, forget condition 0 regresses onto eps(anchor 3) and condition 1 onto eps(anchor 4)."""
+    eta = 1.5
+    table = torch.full((N_COND,), NULL, dtype=torch.long)
+    table[0], table[1] = 3, 4
+    method = ESD([0, 1], table, num_conditions=N_COND, eta=eta)
+    batch = make_batch([0, 1, 1, 0], [FORGET] * 4, seed=11)
+    loss, _, grads, (x_t, t, _), student, teacher = run(method, batch, scheduler, source="data")
+    w = kl_weights(scheduler, t)
+    eps_theta = student.eps(x_t, t, batch.cond)
+    eps_a = teacher.eps(x_t, t, torch.tensor([3, 4, 4, 3]))
+    target = eps_a - eta * (teacher.eps(x_t, t, batch.cond) - eps_a)
+    check(loss, grads, role_mean(w * msq(eps_theta - target), batch.role == FORGET), student)
+
+
+def test_ablation_anchor_table(scheduler):
+    table = torch.full((N_COND,), 4, dtype=torch.long)
+    table[1] = 3
+    method = ConceptAblation(anchor=table, retain_weight=0.0)
+    batch = make_batch([0, 1], [FORGET, FORGET], seed=12)
+    loss, _, grads, (x_t, t, _), student, teacher = run(method, batch, scheduler)
+    w = kl_weights(scheduler, t)
+    eps_anchor = teacher.eps(x_t, t, torch.tensor([4, 3]))
+    check(loss, grads, role_mean(w * msq(student.eps(x_t, t, batch.cond) - eps_anchor), batch.role == FORGET), student)
+
+
+@pytest.mark.parametrize("build", [
+    lambda a: ReverseKLUnlearning([0, 1], a, num_conditions=N_COND),
+    lambda a: LikelihoodUnlearning([0, 1], a),
+])
+def test_anchor_on_a_forget_condition_is_refused(build):
+    table = torch.full((N_COND,), NULL, dtype=torch.long)
+    table[0] = 1
+    with pytest.raises(ValueError, match=r"anchor: forget conditions \[0\] are anchored on forget conditions"):
+        build(table)
+    with pytest.raises(ValueError, match="anchor: expected a condition id or a 1-D long table"):
+        build(table.float())
+
+
 @pytest.mark.parametrize("alpha", [0.3, 0.0])
 def test_neggrad_and_finetune(scheduler, alpha):
     method = NegGrad(alpha=alpha) if alpha else Finetune()

@@ -139,6 +139,11 @@ def test_config_yaml_then_flags(tmp_path, class_dir, capsys):
     assert (config.method, config.forget, config.max_steps, config.retain) == ("fu", [3], 7, ["1", "2", "4"])
     assert config.method_kwargs == {"bound": 0.2, "dual_lr": 0.3} and config.t_range == [0, 500]
     assert config.progress is False
+    anchored = config_from_args(build_parser().parse_args(["train", "--forget", "a red cat", "--anchor-map",
+                                                           "a red cat = a cat"]))
+    assert anchored.anchor_map == {"a red cat": "a cat"}
+    with pytest.raises(ConfigError, match="--anchor-map: expected FORGET=ANCHOR, got 'a cat'"):
+        config_from_args(build_parser().parse_args(["train", "--forget", "x", "--anchor-map", "a cat"]))
     # the CLI reports a bad value with the key and exits 2
     with pytest.raises(SystemExit) as exit_:
         cli_main(["train", "--config", str(f), "--batch-size", "many"])
@@ -346,6 +351,49 @@ def test_text_prompt_erasure_with_lora(text_dir, tmp_path):
     again = train(TrainConfig(method="ablation", forget=["a cat"], model_path=str(final), max_steps=1, batch_size=2,
                               pool_size=2, pool_steps=2, output_dir=str(tmp_path / "again"), progress=False))
     assert again.step == 1
+
+
+def test_anchor_map_gives_forget_prompts_their_own_anchor(text_dir, tmp_path, monkeypatch):
+    """``anchor_map``: the method gets a per-condition anchor table; unnamed forget prompts keep the null."""
+    from unlearn_fast.training import loop
+
+    seen = {}
+    build = loop.build_method
+
+    def spy(config, injected, **kw):
+        seen.update(injected)
+        return build(config, injected, **kw)
+
+    monkeypatch.setattr(loop, "build_method", spy)
+    result = train(TrainConfig(method="esd", forget=["van gogh style", "a red cat"], retain=["a dog"],
+                               anchor_map={"a red cat": "a cat"}, model_path=text_dir, max_steps=1, batch_size=2,
+                               pool_size=2, pool_steps=2, sampler_steps=2, output_dir=str(tmp_path / "a"),
+                               progress=False))
+    assert result.step == 1
+    table, forget = seen["anchor"], seen["forget"]
+    assert isinstance(table, torch.Tensor) and table.dtype == torch.long
+    conditions = list(result.model.conditions)
+    assert conditions[int(table[forget[1]])] == "a cat"
+    assert int(table[forget[0]]) == result.model.null_id
+
+
+@pytest.mark.parametrize("anchor_map, expected", [
+    ({"a dog": "a cat"}, "anchor_map.a dog: expected a forget condition"),
+    ({"a red cat": "van gogh style"}, "anchor_map.a red cat: its anchor 'van gogh style' is itself a forget"),
+])
+def test_anchor_map_errors_name_the_key(text_dir, tmp_path, anchor_map, expected):
+    config = TrainConfig(method="ru", forget=["van gogh style", "a red cat"], retain=["a dog"], anchor_map=anchor_map,
+                         model_path=text_dir, max_steps=1, batch_size=2, pool_size=2, pool_steps=2,
+                         output_dir=str(tmp_path / "a"), progress=False)
+    with pytest.raises(ValueError, match=expected):
+        train(config)
+
+
+def test_anchor_map_config_checks():
+    with pytest.raises(ConfigError, match="anchor_map.a cat: a forget condition cannot be its own anchor"):
+        TrainConfig(forget=["a cat"], anchor_map={"a cat": "a cat"})
+    with pytest.raises(ConfigError, match=r"anchor_map: expected \{forget condition: anchor condition\}"):
+        TrainConfig(forget=["a cat"], anchor_map={"a cat": ["a dog"]})
 
 
 def test_text_esd_x_trains_only_cross_attention(text_dir, tmp_path):

@@ -7,7 +7,8 @@ Every ``TrainConfig`` key is also a flag (``max_steps`` -> ``--max-steps``); fla
 the config file, which overrides the defaults. Lists take several values or commas
 (``--forget 3 5`` or ``--forget 3,5``; ``--forget @prompts.txt`` reads one prompt a line),
 ``--method-kwarg bound=0.05`` (repeatable) sets one
-entry of ``method_kwargs`` (the value is read as a TOML value, else as a string), and
+entry of ``method_kwargs`` (the value is read as a TOML value, else as a string),
+``--anchor-map "a striped star=a star"`` (repeatable) one entry of ``anchor_map``, and
 ``none`` unsets an optional key (``--source none``).
 
 Subcommands live in ``SUBCOMMANDS``: name -> (add_arguments(parser), run(args) -> exit code).
@@ -77,22 +78,37 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a .toml or .yaml file of TrainConfig keys")
     parser.add_argument("--method-kwarg", action="append", default=[], metavar="KEY=VALUE",
                         help="one entry of method_kwargs (repeatable), e.g. bound=0.05")
-    add_dataclass_arguments(parser, TrainConfig, skip=("method_kwargs",), help=_HELP)
+    parser.add_argument("--anchor-map", action="append", default=[], metavar="FORGET=ANCHOR",
+                        help="a forget condition's own anchor (repeatable), e.g. 'a striped star=a star'")
+    add_dataclass_arguments(parser, TrainConfig, skip=_DICT_KEYS, help=_HELP)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # condition names: keep ids as written ("3"); @FILE reads a prompt list
     prompts = {key: (lambda values, key=key: read_prompt_list(values, flag(key))) for key in ("forget", "retain")}
-    overrides = dataclass_overrides(args, TrainConfig, skip=("method_kwargs",), list_parsers=prompts)
-    kw = {}
-    for item in args.method_kwarg:
-        if "=" not in item:
-            raise ConfigError(f"--method-kwarg: expected KEY=VALUE, got {item!r}")
-        key, text = item.split("=", 1)
-        kw[key.strip()] = _parse_value(text.strip())
+    overrides = dataclass_overrides(args, TrainConfig, skip=_DICT_KEYS, list_parsers=prompts)
+    kw = {key: _parse_value(text) for key, text in _pairs(args.method_kwarg, "--method-kwarg", "KEY=VALUE")}
     if kw:
         overrides["method_kwargs"] = kw
+    anchors = dict(_pairs(args.anchor_map, "--anchor-map", "FORGET=ANCHOR"))
+    if anchors:
+        overrides["anchor_map"] = anchors
     return load_train_config(args.config, overrides)
+
+
+#: dict keys of TrainConfig, set by their own repeatable KEY=VALUE flags
+_DICT_KEYS = ("method_kwargs", "anchor_map")
+
+
+def _pairs(items: list[str], name: str, form: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` items as stripped pairs; ``ConfigError`` naming the flag otherwise."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{name}: expected {form}, got {item!r}")
+        key, text = item.split("=", 1)
+        out.append((key.strip(), text.strip()))
+    return out
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -55,6 +55,9 @@ class TrainConfig:
         forget: conditions to unlearn: class names/ids (``"3"`` or ``3``) or prompts.
         retain: conditions to keep; empty for a class model means every other class.
         anchor: the anchor condition of RU/LU/ESD/ablation (default: the null condition).
+        anchor_map: a forget condition's own anchor, ``{forget condition: anchor condition}``
+            (``{"a striped star": "a star"}``: erase the style, keep the object); forget conditions
+            not named use ``anchor``.
 
     Model:
         model: the model family (``unlearn_fast.models.FAMILIES``): ``"class"`` (a class-conditional
@@ -117,6 +120,7 @@ class TrainConfig:
     forget: list[Condition] = field(default_factory=list)
     retain: list[Condition] = field(default_factory=list)
     anchor: Optional[Condition] = None
+    anchor_map: dict = field(default_factory=dict)
 
     model: Literal["auto", "class", "text", "sd", "sdxl", "sd3", "flux", "dit"] = "auto"
     model_path: Optional[str] = None
@@ -207,6 +211,12 @@ class TrainConfig:
             raise ConfigError(f"forget_fraction: expected a float in [0, 1], got {self.forget_fraction}")
         if not self.l2_anchor >= 0:
             raise ConfigError(f"l2_anchor: expected a float >= 0, got {self.l2_anchor}")
+        for key, value in self.anchor_map.items():
+            if not isinstance(key, (str, int)) or not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ConfigError(f"anchor_map: expected {{forget condition: anchor condition}} (prompts or class "
+                                  f"ids), got {key!r}: {value!r}")
+            if str(key) == str(value):
+                raise ConfigError(f"anchor_map.{key}: a forget condition cannot be its own anchor")
         from .methods.adversarial import check_adversarial
 
         try:

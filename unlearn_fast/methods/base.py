@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -171,6 +172,30 @@ def constant(values, device, dtype=torch.float32) -> torch.Tensor:
     if out is None:
         out = _CONSTANTS[key] = torch.tensor(values, dtype=dtype).to(device)
     return out
+
+
+def check_anchor(anchor, forget: Sequence[int]):
+    """``anchor`` as a method keeps it: one condition id for every forget condition, or a
+    per-condition table (``TrainConfig.anchor_map``: ``table[c]`` is forget condition ``c``'s anchor).
+    ``ValueError`` if a forget condition would be anchored on a forget condition."""
+    if isinstance(anchor, torch.Tensor):
+        if anchor.dim() != 1 or anchor.dtype != torch.long:
+            raise ValueError(f"anchor: expected a condition id or a 1-D long table of them, got {anchor.dtype} "
+                             f"of shape {tuple(anchor.shape)}")
+        bad = [c for c in forget if int(anchor[c]) in forget]
+        if bad:
+            raise ValueError(f"anchor: forget conditions {bad} are anchored on forget conditions")
+        return anchor
+    if anchor in forget:
+        raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
+    return anchor
+
+
+def anchor_of(owner, cond: torch.Tensor) -> torch.Tensor:
+    """The anchor condition of each row's condition (``owner.anchor``: an id or a table)."""
+    if isinstance(owner.anchor, torch.Tensor):
+        return on_device(owner, "anchor", cond.device)[cond]
+    return torch.full_like(cond, owner.anchor)
 
 
 def on_device(owner, name: str, device) -> torch.Tensor:

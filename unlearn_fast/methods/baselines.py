@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .base import FORGET, NOISE, Batch, Method, Recipe, constant, per_role_mean, role_rows
+from .base import FORGET, NOISE, Batch, Method, Recipe, anchor_of, check_anchor, constant, per_role_mean, role_rows
 from .ru import ReverseKLUnlearning
 
 
@@ -26,7 +26,7 @@ class ESD(ReverseKLUnlearning):
     name = "esd"
     default_source = "student"
 
-    def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, eta: float = 1.0,
+    def __init__(self, forget: Sequence[int], anchor: int | torch.Tensor, *, num_conditions: int, eta: float = 1.0,
                  retain_weight: float = 0.0, variant: str = "u"):
         if variant not in ("u", "x"):
             raise ValueError(f"variant: expected 'u' (all but cross-attention) or 'x', got {variant!r}")
@@ -38,13 +38,13 @@ class ESD(ReverseKLUnlearning):
 class ConceptAblation(Method):
     name = "ablation"
 
-    def __init__(self, anchor: int, retain_weight: float = 1.0):
-        self.anchor = anchor
+    def __init__(self, anchor: int | torch.Tensor, retain_weight: float = 1.0):
+        self.anchor = check_anchor(anchor, ())
         self.retain_weight = retain_weight
 
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
-        slot = torch.where(forget, torch.full_like(batch.cond, self.anchor), batch.cond)
+        slot = torch.where(forget, anchor_of(self, batch.cond), batch.cond)
         coeffs = constant([[1.0, -1.0]], w.device).expand(len(batch), 1, 2)
         weights = per_role_mean(torch.where(forget, w, self.retain_weight * w), batch.role)
         return Recipe(batch.cond, slot[:, None], coeffs, weights[:, None], role_rows(batch, "all"))

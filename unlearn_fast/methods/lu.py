@@ -23,13 +23,13 @@ import torch
 
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
-from .base import FORGET, NOISE, Batch, Method, Recipe, constant, per_role_mean, role_rows
+from .base import FORGET, NOISE, Batch, Method, Recipe, anchor_of, check_anchor, constant, per_role_mean, role_rows
 
 
 class LikelihoodUnlearning(Method):
     """Args:
         forget: condition ids of the forget distribution ``q_u``.
-        anchor: condition id of ``q`` (the null condition).
+        anchor: condition id of ``q`` (the null condition), or a per-condition table of them.
         bound: ``eps``, the allowed mean likelihood ratio.
         dual_lr, lambda_max, init_lambda: the dual step.
         dual_kp: proportional gain of the dual update (0: projected ascent; duals.py).
@@ -38,13 +38,13 @@ class LikelihoodUnlearning(Method):
 
     name = "lu"
 
-    def __init__(self, forget: Sequence[int], anchor: int, *, bound: float = 0.5, dual_lr: float = 1.0,
+    def __init__(self, forget: Sequence[int], anchor: int | torch.Tensor, *, bound: float = 0.5, dual_lr: float = 1.0,
                  lambda_max: float = 5.0, init_lambda: float = 1.0, retain_weight: float = 1.0,
                  log_ratio_clip: float = 5.0, dual_kp: float = 0.0):
         if not forget:
             raise ValueError("forget: expected at least one condition to erase, got none")
         self.forget = list(forget)
-        self.anchor = anchor
+        self.anchor = check_anchor(anchor, self.forget)
         self.retain_weight = retain_weight
         self.log_ratio_clip = log_ratio_clip
         self.duals = DualVariables(1, bound, lr=dual_lr, lambda_max=lambda_max, init=init_lambda,
@@ -54,7 +54,7 @@ class LikelihoodUnlearning(Method):
     def recipe(self, batch: Batch, w: torch.Tensor) -> Recipe:
         forget = batch.role == FORGET
         one, zero = torch.ones_like(w), torch.zeros_like(w)
-        slot1 = torch.where(forget, torch.full_like(batch.cond, self.anchor), batch.cond)  # eps_q
+        slot1 = torch.where(forget, anchor_of(self, batch.cond), batch.cond)  # eps_q
         slot2 = torch.where(forget, batch.cond, torch.full_like(batch.cond, NOISE))  # eps_u
         slot3 = torch.full_like(batch.cond, NOISE)  # the true noise, for log r
         # head 0's coefficients depend on r(x): filled in by refine(); retain rows are final

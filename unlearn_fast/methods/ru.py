@@ -34,7 +34,8 @@ import torch
 from ..duals import DualVariables
 from ..ops import fused_eps_loss
 from .nats import NatsConstraint
-from .base import FORGET, NOISE, Batch, Method, Recipe, check_all, on_device, per_role_mean, role_rows
+from .base import (FORGET, NOISE, Batch, Method, Recipe, anchor_of, check_all, check_anchor, on_device, per_role_mean,
+                   role_rows)
 
 DIVERGENCES = ("kl", "hellinger")
 BOUND_UNITS = ("weighted", "nats")
@@ -45,7 +46,8 @@ WEIGHTED_DUAL_LR, NATS_DUAL_LR = 2.0, 0.03
 class ReverseKLUnlearning(Method):
     """Args:
         forget: condition ids of the concepts to erase (one dual variable each).
-        anchor: condition id of the anchor ``q_a`` (the null condition, or an anchor concept).
+        anchor: condition id of the anchor ``q_a`` (the null condition, or an anchor concept), or a
+            per-condition table of them (each forget condition its own anchor; ``base.check_anchor``).
         bound: ``b_i``, the separation each concept must reach (the units of ``w * dist``).
         dual_lr, lambda_max, init_lambda: the dual step (``lambda_max`` below ``1 / m``); ``dual_lr``
             None: 2.0 in weighted units, 0.03 per unit of relative error in nats (the step that
@@ -67,7 +69,7 @@ class ReverseKLUnlearning(Method):
 
     name = "ru"
 
-    def __init__(self, forget: Sequence[int], anchor: int, *, num_conditions: int, bound: float = 0.02,
+    def __init__(self, forget: Sequence[int], anchor: int | torch.Tensor, *, num_conditions: int, bound: float = 0.02,
                  dual_lr: float | None = None, lambda_max: float | None = None, init_lambda: float = 0.3,
                  retain_weight: float = 1.0, divergence: str = "kl", fixed_alpha: float | None = None, dual_kp: float = 0.0,
                  bound_units: str = "weighted", nats_probe: int = 4, shared_dual: bool = False):
@@ -80,14 +82,12 @@ class ReverseKLUnlearning(Method):
         if bound_units == "nats" and divergence != "kl":
             raise ValueError(f"bound_units: 'nats' measures a KL; divergence {divergence!r} has its own units "
                              f"(use bound_units='weighted')")
-        if anchor in forget:
-            raise ValueError(f"anchor: the anchor condition {anchor} is also in forget {list(forget)}")
         if not isinstance(shared_dual, bool):
             raise ValueError(f"shared_dual: expected true or false, got {shared_dual!r}")
         self.forget = list(forget)
         self.shared_dual = shared_dual
         m = self.num_concepts = 1 if self.shared_dual else len(self.forget)  # one constraint and dual each
-        self.anchor = anchor
+        self.anchor = check_anchor(anchor, self.forget)
         self.retain_weight = retain_weight
         self.divergence = divergence
         self.fixed_alpha = fixed_alpha  # ESD: a hand-fixed guidance weight, no duals
@@ -125,7 +125,7 @@ class ReverseKLUnlearning(Method):
         a = torch.where(forget, alpha[concept.clamp(min=0)], torch.zeros_like(w))
         one, zero = torch.ones_like(w), torch.zeros_like(w)
         # slots: 1 = anchor (forget) or the retain condition itself; 2 = the forget concept
-        slot1 = torch.where(forget, torch.full_like(batch.cond, self.anchor), batch.cond)
+        slot1 = torch.where(forget, anchor_of(self, batch.cond), batch.cond)
         slot2 = torch.where(forget, batch.cond, torch.full_like(batch.cond, NOISE))
         target = torch.stack([one, -(1 + a), a], -1)  # r = eps_theta - eps*
         constraint = torch.stack([one, zero, -one], -1) * forget[:, None]  # r = eps_theta - eps_f

@@ -17,11 +17,12 @@ def family_name(config: TrainConfig) -> str:
 
 
 def prompts_of(config: TrainConfig) -> list[str]:
-    """Every prompt a run conditions on: forget, retain, the anchor, and the method's condition
+    """Every prompt a run conditions on: forget, retain, the anchors, and the method's condition
     arguments (e.g. LACU's mapping targets)."""
     prompts = [str(p) for p in list(config.forget) + list(config.retain)]
     if config.anchor is not None:
         prompts.append(str(config.anchor))
+    prompts.extend(str(p) for p in config.anchor_map.values())
     for arg in getattr(METHODS.get(config.method), "condition_args", ()):
         prompts.extend(str(p) for p in config.method_kwargs.get(arg, ()))
     return list(dict.fromkeys(prompts))

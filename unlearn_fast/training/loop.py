@@ -263,6 +263,23 @@ def _conditions(config: TrainConfig, adapter, family: str) -> tuple[list[int], l
     return forget_ids, retain_ids, anchor_id
 
 
+def _anchor_table(config: TrainConfig, adapter, family: str, forget_ids: list[int], anchor_id: int):
+    """The methods' ``anchor``: ``anchor_id``, or with ``config.anchor_map`` a per-condition table
+    (a forget condition's own anchor; ``anchor_id`` for the rest)."""
+    if not config.anchor_map:
+        return anchor_id
+    table = torch.full((len(adapter.conditions),), anchor_id, dtype=torch.long)
+    for key, value in config.anchor_map.items():
+        key_id, value_id = condition_ids(adapter, [key, value], family)
+        if key_id not in forget_ids:
+            raise ValueError(f"anchor_map.{key}: expected a forget condition (of forget or the forget images' "
+                             f"prompts), got one that is not forgotten")
+        if value_id in forget_ids:
+            raise ValueError(f"anchor_map.{key}: its anchor {value!r} is itself a forget condition")
+        table[key_id] = value_id
+    return table
+
+
 def _source(config: TrainConfig, adapter, teacher, scheduler, family: str, forget_ids, retain_ids, accelerator,
             out: Path) -> tuple[SampleSource, list[int], list[int]]:
     """The run's data source, with the forget and retain ids (an image folder's prompts join them)."""
@@ -294,7 +311,8 @@ def _build(config: TrainConfig, accelerator, resume_dir: Path | None) -> _Run:
     source, forget_ids, retain_ids = _source(config, adapter, teacher, scheduler, family, forget_ids, retain_ids,
                                              accelerator, out)
     source.to(device)
-    method = build_method(config, {"forget": forget_ids, "anchor": anchor_id,
+    anchor = _anchor_table(config, adapter, family, forget_ids, anchor_id)
+    method = build_method(config, {"forget": forget_ids, "anchor": anchor,
                                    "num_conditions": len(adapter.conditions),
                                    "num_forget_samples": source.num_forget},
                           condition_ids=lambda names: condition_ids(adapter, names, family))
