@@ -1,6 +1,8 @@
 """The shapes evaluator: concepts, sample counts, how UA / IRA / CRA read per-combination
 accuracies, and one evaluation of a small random model end to end."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,10 +117,12 @@ def _tiny_shapes_folder(path):
     return str(path)
 
 
-def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys):
+def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys, monkeypatch):
     import json
 
     from unlearn_fast.demo import DemoSettings, run_demo
+
+    monkeypatch.setenv("UNLEARN_FAST_CACHE", str(tmp_path / "cache"))
 
     folder = _tiny_shapes_folder(tmp_path / "model")
     settings = DemoSettings(forget=["hollow star"], model="shapes", steps=2, batch_size=4, out=str(tmp_path / "out"),
@@ -141,6 +145,63 @@ def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys
     assert report["settings"]["train"]["method_kwargs"]["shared_dual"] is True
     metrics = [json.loads(line) for line in open(tmp_path / "out" / "run" / "metrics.jsonl")]
     assert "ru/lambda[shared]" in metrics[-1]
+
+    # the original's evaluation is cached: a second run reads it back, the same numbers
+    assert report["before_cached"] is False
+    settings.out = str(tmp_path / "again")
+    again = run_demo(settings)
+    assert again["before_cached"] is True and again["before"] == report["before"]
+    assert "read from the evaluation cache" in capsys.readouterr().out
+
+
+def test_shapes_anchor_map_keeps_the_part_not_erased():
+    """Each forget prompt of a combination is anchored on itself without the erased part."""
+    import os
+    import tempfile
+
+    from unlearn_fast.demo_shapes import write_concept_folders
+
+    with tempfile.TemporaryDirectory() as out:
+        for name, expected in (("striped", {prompt(3, 2): prompt(3)}), ("star", {prompt(3, 2): prompt(style=2, template=1)}),
+                               ("hollow star", {prompt(3, 1): prompt(3)})):
+            concept = parse_concept(name)
+            _, _, anchors = write_concept_folders(os.path.join(out, name), concept, 4, 0)
+            for key, value in expected.items():
+                assert anchors[key] == value, (name, key)
+            # every combination prompt in the forget folder has an anchor; the concept's own prompt has none
+            rows = [json.loads(x) for x in open(os.path.join(out, name, "data", "forget", "metadata.jsonl"))]
+            own = {prompt(concept.object)} if concept.kind == "object" else {prompt(style=concept.style)}
+            assert all((r["text"] in anchors) != (r["text"] in own) for r in rows)
+            assert not any(v in anchors for v in anchors.values())
+
+
+def test_evaluation_cache_misses_on_another_key_and_survives_a_bad_file(tmp_path, monkeypatch):
+    from unlearn_fast.eval.cache import cache_dir, cached_evaluation, files_digest
+
+    monkeypatch.setenv("UNLEARN_FAST_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"ua": 0.5, "samples": torch.ones(2, 3)}
+
+    first, hit = cached_evaluation("t", {"a": 1}, compute)
+    again, hit2 = cached_evaluation("t", {"a": 1}, compute)
+    assert (hit, hit2, len(calls)) == (False, True, 1) and torch.equal(again["samples"], first["samples"])
+    cached_evaluation("t", {"a": 2}, compute)
+    assert len(calls) == 2
+    for f in cache_dir().glob("t-*.pt"):
+        f.write_bytes(b"not a pickle")
+    with pytest.warns(UserWarning, match="evaluation cache: cannot read"):
+        _, hit3 = cached_evaluation("t", {"a": 1}, compute)
+    assert hit3 is False and len(calls) == 3
+    cached_evaluation("t", {"a": 1}, compute, enabled=False)
+    assert len(calls) == 4
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.bin").write_bytes(b"1")
+    d1 = files_digest(tmp_path / "m")
+    (tmp_path / "m" / "w.bin").write_bytes(b"2")
+    assert files_digest(tmp_path / "m") != d1
 
 
 def test_shapes_demo_cli_rejects_an_unknown_concept(capsys):

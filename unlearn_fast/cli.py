@@ -150,6 +150,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--adversarial", action="store_true",
                         help="also erase under the conditioning an inner inversion attack finds (docs/attacks.md)")
+    parser.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
+                        help="--model shapes: evaluate the original model again instead of reading its evaluation "
+                             "from the cache ($UNLEARN_FAST_CACHE, default ~/.cache/unlearn_fast)")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -157,7 +160,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(forget=args.forget, method=args.method, model=args.model, seed=args.seed, out=args.out,
                             report=args.report, threads=args.threads,
-                            adversarial=args.adversarial)
+                            adversarial=args.adversarial, eval_cache=args.eval_cache)
     if args.steps is not None:
         settings.steps = args.steps
     if args.per_class is not None:

@@ -86,6 +86,7 @@ class DemoSettings:
     shapes_eval: "ShapesEvalSettings | None" = None  # --model shapes: the evaluation (default: ShapesEvalSettings())
     forget_per_combo: int = 32  # --model shapes: training images per combination showing the concept
     retain_per_combo: int = 8  # --model shapes: training images per other combination
+    eval_cache: bool = True  # --model shapes: the original model's evaluation read back once computed (eval/cache.py)
     adversarial: bool = False  # train under an inner inversion attack's conditioning too (methods.adversarial)
 
 

@@ -39,13 +39,22 @@ SHAPES_METRICS = ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original")
 SHAPES_METHOD_KWARGS = {"ru": {"shared_dual": True}}
 
 
-def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_combo: int) -> tuple[str, str]:
-    """``(forget_dir, retain_dir)``: imagefolders of train-split images with their prompts."""
+def combo_anchor(concept, o: int, s: int) -> str:
+    """The anchor of a forget prompt that names combination ``(o, s)``: the prompt without the erased
+    part, so that the erasure moves it away from the concept only: a style's ``"a striped star"`` ->
+    ``"a star"``, an object's -> ``"a striped shape"``, a combination's -> its object, ``"a star"``."""
+    return prompt(style=s, template=1) if concept.kind == "object" else prompt(o)
+
+
+def write_concept_folders(out: str, concept, forget_per_combo: int,
+                          retain_per_combo: int) -> tuple[str, str, dict]:
+    """``(forget_dir, retain_dir, anchor_map)``: imagefolders of train-split images with their prompts,
+    and each forget prompt that names a combination with its anchor (:func:`combo_anchor`)."""
     from PIL import Image
 
     images, objects, styles = load_split("train")
     pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    dirs = {}
+    dirs, anchors = {}, {prompt(o, s): combo_anchor(concept, o, s) for o, s in concept.combos()}
     for role, per_combo in (("forget", forget_per_combo), ("retain", retain_per_combo)):
         folder = os.path.join(out, "data", role)
         os.makedirs(folder, exist_ok=True)
@@ -61,11 +70,13 @@ def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_c
                 own = role == "forget" and concept.kind != "combo" and k % 4 == 3
                 text = (prompt(concept.object) if concept.kind == "object" else prompt(style=concept.style)) \
                     if own else prompt(o, s, k % len(TRAIN_COMBO_TEMPLATES))
+                if role == "forget" and not own:
+                    anchors[text] = combo_anchor(concept, o, s)
                 rows.append({"file_name": name, "text": text})
         with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         dirs[role] = folder
-    return dirs["forget"], dirs["retain"]
+    return dirs["forget"], dirs["retain"], anchors
 
 
 def save_shapes_grid(path: str, before: dict, after: dict, concept, per_row: int = 6, scale: int = 3) -> None:
@@ -103,18 +114,37 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
     written under ``settings.out/data`` and the run under ``settings.out/run`` (``extra``: further
     TrainConfig fields, or ones that replace these). ``SHAPES_METHOD_KWARGS`` of the method go under
     the given method kwargs."""
-    forget_dir, retain_dir = write_concept_folders(settings.out, concept, settings.forget_per_combo,
+    forget_dir, retain_dir, anchors = write_concept_folders(settings.out, concept, settings.forget_per_combo,
                                                    settings.retain_per_combo)
     retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
     fields = dict(
         method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
         forget=concept.prompts(), retain=retain_prompts, data="images", forget_images=forget_dir,
-        retain_images=retain_dir, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+        retain_images=retain_dir, anchor_map=anchors, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
         output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
     )
     merged = {**fields, **method_defaults, **extra}
     merged["method_kwargs"] = {**SHAPES_METHOD_KWARGS.get(merged["method"], {}), **merged.get("method_kwargs", {})}
     return TrainConfig(**merged)
+
+
+def _evaluate_original(evaluator, original, concept, model_dir: str, use_cache: bool) -> tuple[dict, bool]:
+    """``(before, cached)``: the original model's evaluation, read from the evaluation cache when the
+    same model files, classifier, settings and concept were evaluated before (``eval/cache.py``)."""
+    from .eval.cache import cached_evaluation, files_digest
+    from .eval.shapes_classifier import SHAPES_CLASSIFIER_WEIGHTS_FILE
+
+    def compute():
+        with tqdm(desc="evaluate before", unit="step") as bar:
+            return evaluator.evaluate(original, concept, progress=bar)
+
+    key = {"model": files_digest(model_dir), "classifier": files_digest(
+               SHAPES_CLASSIFIER_WEIGHTS_FILE, SHAPES_CLASSIFIER_WEIGHTS_FILE.replace(".safetensors", "_config.json")),
+           "settings": evaluator.settings_dict(), "concept": concept.name}
+    before, cached = cached_evaluation("shapes-before", key, compute, enabled=use_cache)
+    if cached:
+        print("evaluate before: read from the evaluation cache (--no-eval-cache evaluates again)")
+    return before, cached
 
 
 def run_shapes_demo(settings, method_defaults: dict) -> dict:
@@ -131,8 +161,7 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
     original, scheduler = load_shapes_ddpm(model_dir)
     eval_settings = settings.shapes_eval or ShapesEvalSettings()
     evaluator = shapes_evaluator(scheduler, eval_settings)
-    with tqdm(desc="evaluate before", unit="step") as bar:
-        before = evaluator.evaluate(original, concept, progress=bar)
+    before, cached = _evaluate_original(evaluator, original, concept, model_dir, settings.eval_cache)
 
     config = shapes_train_config(settings, concept, method_defaults, model_dir)
     train_start = time.perf_counter()
@@ -147,6 +176,7 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
         "method": settings.method, "forget": concept.name, "concept_kind": concept.kind, "model": "shapes",
         "before": _public(before), "after": _public(after), "steps": settings.steps,
         "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
+        "before_cached": cached,
         "settings": {
             "model": model_dir, "forget_prompts": concept.prompts(),
             "train": {k: v for k, v in vars(config).items() if k in (
