@@ -288,3 +288,22 @@ def test_frontier_point_and_report_on_a_shapes_concept(tmp_path, monkeypatch):
             frontier.parse_concept_arg(parser, "shapes", ["dog"])
     finally:
         sys.modules.pop(spec.name, None)
+
+
+def test_shapes_erase_bench_trains_and_scores_one_recipe(tmp_path):
+    """bench/shapes_erase.py: the demo's recipe with overrides, then the after-evaluation, in result.json."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "shapes_erase", os.path.join(os.path.dirname(__file__), "..", "bench", "shapes_erase.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = _tiny_shapes_folder(tmp_path / "model")
+    out = bench.main(["hollow star", "--out", str(tmp_path / "run"), "--steps", "2", "--kw", '{"lambda_max": 0.5}',
+                      "--extra", '{"batch_size": 4}', "--per-combo", "1", "--min-concept", "2", "--eval-steps", "2",
+                      "--model-path", folder])
+    on_disk = json.load(open(tmp_path / "run" / "result.json"))
+    assert on_disk["ua"] == out["ua"] and 0.0 <= out["ua"] <= 1.0 and isinstance(out["kl_to_original"], float)
+    assert out["samples_per_combo"][COMBOS.index((3, 1))] == 2 and len(out["lambda_trace"]) >= 1
+    assert out["lambda_trace"][0] <= 0.5
