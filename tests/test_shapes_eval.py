@@ -174,6 +174,15 @@ def test_shapes_anchor_map_keeps_the_part_not_erased():
             assert all((r["text"] in anchors) != (r["text"] in own) for r in rows)
             assert not any(v in anchors for v in anchors.values())
 
+        # a run on another data source than the folders keeps the anchors of its own forget prompts only
+        from unlearn_fast.demo import DemoSettings
+        from unlearn_fast.demo_shapes import shapes_train_config
+
+        settings = DemoSettings(model="shapes", forget=["striped"], out=os.path.join(out, "pool"))
+        config = shapes_train_config(settings, parse_concept("striped"), {}, out, data="pool",
+                                     forget_images=None, retain_images=None)
+        assert config.anchor_map == {prompt(o, 2): prompt(o) for o in range(len(OBJECTS))}
+
 
 def test_evaluation_cache_misses_on_another_key_and_survives_a_bad_file(tmp_path, monkeypatch):
     from unlearn_fast.eval.cache import cache_dir, cached_evaluation, files_digest

@@ -125,6 +125,8 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
     )
     merged = {**fields, **method_defaults, **extra}
     merged["method_kwargs"] = {**SHAPES_METHOD_KWARGS.get(merged["method"], {}), **merged.get("method_kwargs", {})}
+    if merged["data"] != "images":  # the folders' prompt variants are conditions of an images run only
+        merged["anchor_map"] = {k: v for k, v in merged["anchor_map"].items() if k in merged["forget"]}
     return TrainConfig(**merged)
 
 
