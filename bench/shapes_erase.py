@@ -4,7 +4,8 @@ The shapes demo's code path (``demo_shapes.shapes_train_config`` -> ``training.t
 ``ShapesEvaluator.evaluate``), without the "before" evaluation (it is the same for every
 variant of a concept; the demo caches it), so that recipes can be compared at the cost of one
 training run and one evaluation. Prints and writes ``OUT/result.json``: UA, paraphrase UA, IRA,
-CRA, FID, KL to the original, the training and evaluation seconds and the dual's trace.
+CRA, FID, KL to the original, the per-combination accuracies, the training and evaluation
+seconds and the dual's trace.
 
     python bench/shapes_erase.py striped --out runs/tune/striped
     python bench/shapes_erase.py star --steps 100 --extra '{"source": "student"}' --out runs/tune/star-student
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
     after = evaluator.evaluate(result.model, concept, original=original)
     out = {k: after.get(k) for k in KEYS}
     out.update(train_s=round(trained - start), eval_s=round(time.time() - trained), args=vars(a),
-               samples_per_combo=after["samples_per_combo"])
+               samples_per_combo=after["samples_per_combo"], per_combo=after["per_combo"])
     metrics_file = os.path.join(a.out, "run", "metrics.jsonl")
     rows = [json.loads(line) for line in open(metrics_file)] if os.path.exists(metrics_file) else []
     duals = [round(r["ru/lambda[shared]"], 3) for r in rows if "ru/lambda[shared]" in r]
