@@ -19,6 +19,7 @@ Results of the runs made while tuning: ``bench/results/acceptance/shapes/tuning.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -56,7 +57,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     concept = parse_concept(a.concept)
     settings = DemoSettings(model="shapes", forget=[a.concept], method=a.method, steps=a.steps, lr=a.lr, out=a.out)
-    defaults = json.loads(json.dumps(DEMO_METHOD_DEFAULTS[a.method]))
+    defaults = copy.deepcopy(DEMO_METHOD_DEFAULTS[a.method])
     defaults.setdefault("method_kwargs", {}).update(json.loads(a.kw))
     extra = json.loads(a.extra)
     if a.no_anchors:

@@ -134,16 +134,17 @@ def _evaluate_original(evaluator, original, concept, model_dir: str, use_cache: 
     """``(before, cached)``: the original model's evaluation, read from the evaluation cache when the
     same model files, classifier, settings and concept were evaluated before (``eval/cache.py``)."""
     from .eval.cache import cached_evaluation, files_digest
-    from .eval.shapes_classifier import SHAPES_CLASSIFIER_WEIGHTS_FILE
+    from .eval.shapes_classifier import shapes_classifier_files
 
     def compute():
         with tqdm(desc="evaluate before", unit="step") as bar:
             return evaluator.evaluate(original, concept, progress=bar)
 
-    key = {"model": files_digest(model_dir), "classifier": files_digest(
-               SHAPES_CLASSIFIER_WEIGHTS_FILE, SHAPES_CLASSIFIER_WEIGHTS_FILE.replace(".safetensors", "_config.json")),
+    if not use_cache:  # no key to hash
+        return compute(), False
+    key = {"model": files_digest(model_dir), "classifier": files_digest(*shapes_classifier_files()),
            "settings": evaluator.settings_dict(), "concept": concept.name}
-    before, cached = cached_evaluation("shapes-before", key, compute, enabled=use_cache)
+    before, cached = cached_evaluation("shapes-before", key, compute)
     if cached:
         print("evaluate before: read from the evaluation cache (--no-eval-cache evaluates again)")
     return before, cached

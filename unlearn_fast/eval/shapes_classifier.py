@@ -99,6 +99,13 @@ class ShapesClassifier(nn.Module):
         return torch.cat(objs), torch.cat(stys)
 
 
+def shapes_classifier_files(weights: Optional[str] = None) -> Tuple[str, str]:
+    """``(weights, config)`` files of a shapes classifier: ``weights`` (default: the shipped
+    evaluator) and the ``*_config.json`` beside it."""
+    weights = weights or SHAPES_CLASSIFIER_WEIGHTS_FILE
+    return weights, os.path.splitext(weights)[0] + "_config.json"
+
+
 def load_shapes_classifier(
     weights: Optional[str] = None,
     config: Optional[str] = None,
@@ -108,11 +115,11 @@ def load_shapes_classifier(
     gradients off (no download)."""
     from .classifier import build_from_files
 
-    weights = weights or SHAPES_CLASSIFIER_WEIGHTS_FILE
+    weights, default_config = shapes_classifier_files(weights)
     shipped = {SHAPES_CLASSIFIER_WEIGHTS_FILE: "shapes_classifier", SHAPES_DETECTOR_WEIGHTS_FILE: "shapes_detector"}
     if weights in shipped:
         require_embedded(shipped[weights])  # a missing shipped file: one clear error naming it
-    config = config or os.path.splitext(weights)[0] + "_config.json"
+    config = config or default_config
     return build_from_files(ShapesClassifier, weights, config, device, script="scripts/train_shapes_classifier.py")
 
 
