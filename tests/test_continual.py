@@ -506,7 +506,7 @@ def test_continual_on_the_text_model_erases_prompts(tmp_path):
 
 
 def test_continual_settings_check_model_and_erased_data():
-    with pytest.raises(ValueError, match=r"^model: expected one of 'class', 'text', got str \('video'\)"):
+    with pytest.raises(ValueError, match=r"^model: expected one of 'class', 'text', 'shapes', got str \('video'\)"):
         ContinualSettings(model="video")
     with pytest.raises(ValueError, match=r"^lacu.erased_data: expected one of 'mnist', 'pool'"):
         ContinualSettings(lacu=LacuSettings(erased_data="real"))
@@ -537,7 +537,7 @@ def test_cli_has_the_continual_command(capsys):
     with pytest.raises(SystemExit) as err:
         cli_main(["continual", "--sequence", "3,x", "--out", "unused"])
     assert err.value.code == 2
-    assert "--sequence: expected class ids separated by commas" in capsys.readouterr().err
+    assert "sequence: the class model's requests are digits (class ids), got [3, 'x']" in capsys.readouterr().err
 
 
 def test_continual_help_shows_the_defaults_a_run_uses(capsys):

@@ -176,10 +176,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: settings fields with no flag on ``continual``: the sampler's description, and the shapes
+#: evaluator's paraphrase UA, which a continual step does not compute
+CONTINUAL_SKIP = ("sampler", "paraphrase_samples")
+
+
 def add_continual_arguments(parser: argparse.ArgumentParser) -> None:
     from .continual import ContinualSettings
 
-    add_dataclass_arguments(parser, ContinualSettings, skip=("sampler",), names={"methods": "method"})
+    add_dataclass_arguments(parser, ContinualSettings, skip=CONTINUAL_SKIP, names={"methods": "method"})
 
 
 def run_continual_command(args: argparse.Namespace) -> int:
@@ -187,13 +192,10 @@ def run_continual_command(args: argparse.Namespace) -> int:
     from .flags import build_dataclass
     from .training import TrainingInterrupted
 
-    def sequence(values):
-        try:
-            return [int(c) for c in split_list(values)]
-        except ValueError:
-            raise ConfigError(f"--sequence: expected class ids separated by commas, got {' '.join(values)!r}") from None
+    def sequence(values):  # digits stay ints; a shapes concept is text (the settings check either)
+        return [int(c) if c.lstrip("-").isdigit() else c for c in split_list(values)]
 
-    overrides = dataclass_overrides(args, ContinualSettings, skip=("sampler",), list_parsers={"sequence": sequence})
+    overrides = dataclass_overrides(args, ContinualSettings, skip=CONTINUAL_SKIP, list_parsers={"sequence": sequence})
     try:
         settings = build_dataclass(ContinualSettings, overrides)
         report = run_continual(settings)

@@ -46,10 +46,11 @@ def combo_anchor(concept, o: int, s: int) -> str:
     return prompt(style=s, template=1) if concept.kind == "object" else prompt(o)
 
 
-def write_concept_folders(out: str, concept, forget_per_combo: int,
-                          retain_per_combo: int) -> tuple[str, str, dict]:
+def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_combo: int,
+                          exclude=()) -> tuple[str, str, dict]:
     """``(forget_dir, retain_dir, anchor_map)``: imagefolders of train-split images with their prompts,
-    and each forget prompt that names a combination with its anchor (:func:`combo_anchor`)."""
+    and each forget prompt that names a combination with its anchor (:func:`combo_anchor`).
+    ``exclude``: concepts (erased earlier) whose combinations the retain folder leaves out."""
     from PIL import Image
 
     images, objects, styles = load_split("train")
@@ -61,6 +62,8 @@ def write_concept_folders(out: str, concept, forget_per_combo: int,
         rows = []
         for o, s in COMBOS:
             if concept.contains(o, s) != (role == "forget"):
+                continue
+            if role == "retain" and any(x.contains(o, s) for x in exclude):
                 continue
             idx = ((objects == o) & (styles == s)).nonzero().squeeze(1)[:per_combo].tolist()
             for k, i in enumerate(idx):

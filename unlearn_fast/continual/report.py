@@ -13,31 +13,49 @@ import os
 PLOT_METRICS = (("ua", "UA over erased classes (mean)"), ("ua_min", "UA, lowest erased class"),
                 ("retain_acc", "retain accuracy"),
                 ("neighbor_acc", "neighbour accuracy"), ("fid", "Frechet distance (features)"))
+#: the shapes model's panels: in-domain and cross-domain retain instead of the neighbours
+SHAPES_PLOT_METRICS = (("ua", "UA over erased concepts (mean)"), ("ua_min", "UA, lowest erased concept"),
+                       ("ira", "in-domain retain (IRA)"), ("cra", "cross-domain retain (CRA)"),
+                       ("fid", "Frechet distance (features)"))
+
+
+#: what "retain" means in the acceptance, per model kind: the retained classes' accuracy, or on
+#: the shapes model the in-domain and cross-domain retain accuracies (both must hold)
+RETAIN_KEYS = {"class": ("retain_acc",), "text": ("retain_acc",), "shapes": ("ira", "cra")}
 
 
 def acceptance(report: dict, method: str | None = None, retain_ratio: float = 0.9, ua_min: float = 0.95,
                fid_ratio_max: float = 2.0) -> dict | None:
-    """The acceptance check of ``method`` (default: the default continual method if it ran, else
-    the first) after every request: UA at least ``ua_min`` on every class erased so far and
-    retain accuracy at least ``retain_ratio`` of the original model's on the same retained
-    classes (``original.per_step``); after the last request, FID at most ``fid_ratio_max``
-    times the original's. ``passed``: every step passes and the final FID does; the top-level
-    numbers are the last step's."""
-    from .strategies import DEFAULT_METHOD
+    """The acceptance check of ``method`` (default: the model kind's default continual method if it
+    ran, else the first) after every request: UA at least ``ua_min`` on every concept erased so
+    far and each retain metric (``RETAIN_KEYS``: retain accuracy; shapes: IRA and CRA) at least
+    ``retain_ratio`` of the original model's on the same erased set (``original.per_step``);
+    after the last request, FID at most ``fid_ratio_max`` times the original's. ``passed``: every
+    step passes and the final FID does; the top-level numbers are the last step's."""
+    from .strategies import default_method
 
     methods = report["methods"]
-    method = method or (DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods), None))
+    kind = report.get("settings", {}).get("model_kind", "class")
+    default = default_method(kind)
+    method = method or (default if default in methods else next(iter(methods), None))
     if method not in methods:
         return None
     orig_steps = {s["step"]: s for s in report["original"]["per_step"]}
     per_step = []
     for s in methods[method]["steps"]:
-        orig = orig_steps[s["step"]]["retain_acc"]
-        ratio = s["retain_acc"] / orig if orig else None
-        ok_retain, ok_ua = s["retain_acc"] >= retain_ratio * orig, s["ua_min"] >= ua_min
-        per_step.append({"step": s["step"], "ua_min": s["ua_min"], "retain_acc": s["retain_acc"],
-                         "original_retain_acc": orig, "retain_ratio": ratio, "retain_ok": ok_retain, "ua_ok": ok_ua,
-                         "passed": ok_retain and ok_ua})
+        rec = {"step": s["step"], "ua_min": s["ua_min"]}
+        ok_retain = True
+        for key in RETAIN_KEYS[kind]:
+            orig = orig_steps[s["step"]][key]
+            ok = s[key] >= retain_ratio * orig
+            rec.update({key: s[key], f"original_{key}": orig, f"{key}_ratio": s[key] / orig if orig else None,
+                        f"{key}_ok": ok})
+            ok_retain = ok_retain and ok
+        ok_ua = s["ua_min"] >= ua_min
+        rec.update(retain_ok=ok_retain, ua_ok=ok_ua, passed=ok_retain and ok_ua)
+        if kind != "shapes":  # the names the class reports have always used
+            rec["retain_ratio"] = rec.pop("retain_acc_ratio")
+        per_step.append(rec)
     last = per_step[-1]
     fid, fid0 = methods[method]["steps"][-1].get("fid"), report["original"].get("fid")
     fid_ratio = fid / fid0 if fid is not None and fid0 else None
@@ -63,37 +81,50 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _eval_line(ev: dict) -> str:
+    if "per_combo" in ev:
+        return (f"{ev['per_combo']} samples per combination, at least {ev['min_concept']} per erased concept, "
+                f"DDIM {ev['steps']} steps, guidance {ev['guidance']}, seed {ev['seed']}")
+    return f"{ev['per_class']} samples per class, DDIM {ev['steps']} steps, guidance {ev['guidance']}, seed {ev['seed']}"
+
+
 def markdown_table(report: dict) -> str:
     """Per-step metrics of every method (markdown), with the original model's reference."""
-    ev = report["settings"]["eval"]
+    kind = report.get("settings", {}).get("model_kind", "class")
+    cols = [("ua", "UA (mean)"), ("ua_min", "UA (min)"), ("retain_acc", "retain acc")] + (
+        [("ira", "IRA"), ("cra", "CRA")] if kind == "shapes" else [("neighbor_acc", "neighbour acc")])
     lines = [
         f"Sequence {report['sequence']}; {report['settings']['steps_per_request']} steps per request, batch "
-        f"{report['settings']['batch_size']}; evaluation: {ev['per_class']} samples per class, DDIM {ev['steps']} "
-        f"steps, guidance {ev['guidance']}, seed {ev['seed']}.",
+        f"{report['settings']['batch_size']}; evaluation: {_eval_line(report['settings']['eval'])}.",
         "",
-        "| method | step | erased | UA (mean) | UA (min) | retain acc | neighbour acc | FID |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | step | erased | " + " | ".join(title for _, title in cols) + " | FID |",
+        "|---|---|---|" + "---|" * (len(cols) + 1),
     ]
     o = report["original"]
     for s in o["per_step"]:
         fid = _f2(o["fid"]) if s["step"] == len(report["sequence"]) else "-"
+        values = [_f(s.get(k)) for k, _ in cols]
         lines.append(f"| original | {s['step']} | {','.join(map(str, report['sequence'][:s['step']]))} | "
-                     f"{s['ua']:.3f} | - | {s['retain_acc']:.3f} | {_f(s['neighbor_acc'])} | {fid} |")
+                     + " | ".join(values) + f" | {fid} |")
     for method, res in report["methods"].items():
         for s in res["steps"]:
-            lines.append(f"| {method} | {s['step']} | {','.join(map(str, s['erased']))} | {s['ua']:.3f} | "
-                         f"{s['ua_min']:.3f} | {s['retain_acc']:.3f} | {_f(s['neighbor_acc'])} | {_f2(s['fid'])} |")
+            lines.append(f"| {method} | {s['step']} | {','.join(map(str, s['erased']))} | "
+                         + " | ".join(_f(s.get(k)) for k, _ in cols) + f" | {_f2(s['fid'])} |")
     acc = report.get("acceptance")
     if acc:
         failed = acc.get("failed_steps", [])
         why = ([f"at step {','.join(map(str, failed))}"] if failed else []) + (
             ["final FID"] if acc.get("fid_ok") is False else [])
         fid = f", final FID {acc['fid_ratio']:.2f}x the original's" if acc.get("fid_ratio") is not None else ""
-        lines += ["", f"Acceptance ({acc['method']}, after every request: min UA >= 0.95 and retain >= 90% of the "
+        keys = RETAIN_KEYS[kind]
+        names = " and ".join("retain" if k == "retain_acc" else k.upper() for k in keys)
+        ratio = lambda k: acc.get("retain_ratio") if k == "retain_acc" else acc.get(f"{k}_ratio")  # noqa: E731
+        last = ", ".join(f"{'retain' if k == 'retain_acc' else k.upper()} {acc[k]:.3f} = {ratio(k):.1%} of "
+                         f"{acc['original_' + k]:.3f}" for k in keys)
+        lines += ["", f"Acceptance ({acc['method']}, after every request: min UA >= 0.95 and {names} >= 90% of the "
                       f"original's; final FID at most 2x the original's): "
                       f"{'passed' if acc['passed'] else 'FAILED ' + ' and '.join(why)}; "
-                      f"last step: retain {acc['retain_acc']:.3f} = {acc['retain_ratio']:.1%} of "
-                      f"{acc['original_retain_acc']:.3f}, min UA {acc['ua_min']:.3f}{fid}."]
+                      f"last step: {last}, min UA {acc['ua_min']:.3f}{fid}."]
     return "\n".join(lines)
 
 
@@ -109,10 +140,11 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     n = len(report["sequence"])
-    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(3.8 * len(PLOT_METRICS), 3.6))
-    for ax, (key, title) in zip(axes, PLOT_METRICS):
+    panels = SHAPES_PLOT_METRICS if report["settings"].get("model_kind") == "shapes" else PLOT_METRICS
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6))
+    for ax, (key, title) in zip(axes, panels):
         o = report["original"]
-        if key in ("retain_acc", "neighbor_acc"):
+        if key in ("retain_acc", "neighbor_acc", "ira", "cra"):
             ax.plot([s["step"] for s in o["per_step"]], [s[key] for s in o["per_step"]], "k--", lw=1,
                     label="original")
         elif key == "fid":

@@ -1,6 +1,6 @@
 """One request of a continual run as a trainer run: its TrainConfig, reuse of a finished one, its scores.
 
-``train_request`` turns class labels into the model's condition names, builds the
+``train_request`` turns the requests into the model's conditions (``spaces``), builds the
 ``TrainConfig`` (the caller's method and kwargs; ``ru_request``: RU at ``NAIVE_RU``), and runs
 ``training.train`` in the request's folder; a rerun reuses a ``final/`` written with the same settings and
 resumes an interrupted request from its checkpoint.
@@ -13,8 +13,6 @@ import json
 import os
 import time
 
-from ..eval.metrics import ClassEvaluator
-from ..models_zoo import embedded_condition_names
 from .settings import ContinualSettings
 
 #: RU of naive / l2 / simultaneous: the demo's RU constants (demo.DEMO_METHOD_DEFAULTS) without
@@ -22,45 +20,37 @@ from .settings import ContinualSettings
 NAIVE_RU = dict(method_kwargs=dict(bound=0.05, dual_lr=2.0, init_lambda=0.4, retain_weight=10.0))
 
 
-def scores(evaluator: ClassEvaluator, model, erased: list[int], original) -> dict:
-    """The per-step metrics of a model after a request (over everything erased so far)."""
-    r = evaluator.evaluate(model, erased, original=original)
-    per_class = r["per_class_acc"]
-    return {
-        "ua": r["ua"],
-        "ua_per_class": {str(c): 1 - per_class[c] for c in erased},
-        "ua_min": min(1 - per_class[c] for c in erased),
-        "retain_acc": r["retain_acc"],
-        "neighbor_acc": r["neighbor_acc"],
-        "neighbors": r["neighbors"],
-        "fid": r["fid"],
-        "kl_to_original": r.get("kl_to_original"),
-        "per_class_acc": per_class,
-    }
+def scores(evaluator, model, erased: list, original, space=None) -> dict:
+    """The per-step metrics of a model after a request (over everything erased so far); ``space``:
+    the request space (``spaces.space_of``; default: digits)."""
+    from .spaces import DigitSpace
+
+    return (space or DigitSpace(None)).scores(evaluator, model, erased, original)
 
 
-def train_request(settings: ContinualSettings, method: str, model_path: str | None, forget: list[int],
-                   out_dir: str, *, steps: int, retain: list[int] | None = None, method_kwargs: dict | None = None,
-                   l2_anchor: float = 0.0, lr: float | None = None, seed: int = 0, overrides: dict | None = None):
+def train_request(settings: ContinualSettings, method: str, model_path: str | None, forget: list, out_dir: str, *,
+                  steps: int, retain: list | None = None, method_kwargs: dict | None = None, l2_anchor: float = 0.0,
+                  lr: float | None = None, seed: int = 0, overrides: dict | None = None, erased: list = ()):
+    """Request ``forget`` (digits, or shapes concepts) as a trainer run in ``out_dir``; ``erased``:
+    the requests before it (a shapes request keeps none of their combinations)."""
     from ..config import TrainConfig
     from ..methods import METHODS
     from ..training import list_checkpoints, train
+    from .spaces import space_of
 
-    names = embedded_condition_names(settings.model)
+    space = space_of(settings)
+    fields = space.request_fields(list(forget), retain, list(erased), out_dir)
     extra = {"log_every": steps}
-    if settings.model == "text":
-        extra["pool_size"] = settings.pool_size  # lacu's overrides replace it
     if method_kwargs is not None:
         labels = METHODS[method].condition_args  # class labels, given to the trainer as condition names
-        extra["method_kwargs"] = {k: [names[c] for c in v] if k in labels else v for k, v in method_kwargs.items()}
+        kwargs = {k: space.condition_names(v) if k in labels else v for k, v in method_kwargs.items()}
+        extra["method_kwargs"] = space.method_kwargs(method, kwargs)
     extra.update(overrides or {})
-    if retain is None and settings.model == "text":  # a prompt model has no implicit "every other class"
-        retain = [c for c in range(len(names)) if c not in forget]
+    fields.update(extra)  # lacu's overrides replace the data fields
     config = TrainConfig(
-        method=method, forget=[names[f] for f in forget], retain=[names[r] for r in (retain or [])],
-        model=settings.model, model_path=model_path, max_steps=steps, batch_size=settings.batch_size,
+        method=method, model_path=model_path, max_steps=steps, batch_size=settings.batch_size,
         lr=lr or settings.lr, seed=seed, output_dir=out_dir, overwrite=True, checkpoint_every=0,
-        progress=settings.progress, l2_anchor=l2_anchor, **extra,
+        progress=settings.progress, l2_anchor=l2_anchor, **fields,
     )
     start = time.perf_counter()
     finished = finished_request(config)
@@ -72,11 +62,11 @@ def train_request(settings: ContinualSettings, method: str, model_path: str | No
     return result, time.perf_counter() - start, config
 
 
-def ru_request(settings: ContinualSettings, model_path: str | None, forget: list[int], out_dir: str, *,
-               steps: int, l2_anchor: float = 0.0, seed: int = 0):
+def ru_request(settings: ContinualSettings, model_path: str | None, forget: list, out_dir: str, *,
+               steps: int, l2_anchor: float = 0.0, seed: int = 0, erased: list = ()):
     """A request of naive / l2 / simultaneous: RU at ``NAIVE_RU`` on ``forget``."""
     return train_request(settings, "ru", model_path, forget, out_dir, steps=steps,
-                         method_kwargs=NAIVE_RU["method_kwargs"], l2_anchor=l2_anchor, seed=seed)
+                         method_kwargs=NAIVE_RU["method_kwargs"], l2_anchor=l2_anchor, seed=seed, erased=erased)
 
 
 #: settings that do not change what a request trains

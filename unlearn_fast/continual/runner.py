@@ -16,12 +16,12 @@ from dataclasses import asdict
 
 import torch
 
-from ..eval.metrics import ClassEvaluator, embedded_evaluator
+from ..eval.metrics import ClassEvaluator
 from ..models import ConditionedModel
-from ..models_zoo import load_embedded
 from .report import _f, acceptance, write_report
 from .requests import NAIVE_RU
 from .settings import ContinualSettings
+from .spaces import space_of
 from .strategies import STRATEGIES, Lacu, SequenceContext
 
 
@@ -31,7 +31,7 @@ def run_sequence(settings: ContinualSettings, method: str, evaluator: ClassEvalu
     ``detector``: the concept detector of lacu's target check."""
     start = time.perf_counter()
     ctx = SequenceContext(settings, evaluator, original, scheduler, os.path.join(settings.out, method),
-                          detector=detector, log=log)
+                          detector=detector, log=log, space=space_of(settings))
     steps = STRATEGIES[method](settings).run(ctx)
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -47,32 +47,16 @@ def run_continual(settings: ContinualSettings, evaluator: ClassEvaluator | None 
     start = time.perf_counter()
     os.makedirs(settings.out, exist_ok=True)
     report_path = settings.report or os.path.join(settings.out, "report.json")
-    original, scheduler = load_embedded(settings.model, settings.model_path)
+    space = space_of(settings)
+    seq = space.requests()
+    original, scheduler = space.load()
     if evaluator is None:
-        evaluator = embedded_evaluator(scheduler, settings.eval, settings.model, int(original.module.config.sample_size))
-    seq = [int(c) for c in settings.sequence]
-    bad = [c for c in seq if not 0 <= c < evaluator.num_classes]
-    if bad:
-        raise ValueError(f"sequence: expected classes in [0, {evaluator.num_classes}), got {bad}")
-
-    t0 = time.perf_counter()
-    orig = evaluator.evaluate(original, seq)
-    per_class = orig["per_class_acc"]
-    original_steps = []
-    for n in range(1, len(seq) + 1):
-        erased = seq[:n]
-        retain = [c for c in range(evaluator.num_classes) if c not in erased]
-        near = evaluator.neighbors(erased)
-        original_steps.append({"step": n, "ua": 1 - sum(per_class[c] for c in erased) / n,
-                               "retain_acc": sum(per_class[c] for c in retain) / len(retain),
-                               "neighbor_acc": sum(per_class[c] for c in near) / len(near) if near else None})
+        evaluator = space.evaluator(original, scheduler)
+    space.check(evaluator, seq)
     report = {
         "sequence": seq,
         "settings": {
-            "model": settings.model_path or (
-                "embedded text-conditioned DDPM, 16x16 MNIST (unlearn_fast/assets/text_ddpm); labels are the prompts "
-                "of unlearn_fast.models_zoo.digit_prompt" if settings.model == "text" else
-                "embedded class-conditional DDPM, 16x16 MNIST (unlearn_fast/assets/class_ddpm)"),
+            "model": space.describe(),
             "model_kind": settings.model,
             "eval": evaluator.settings_dict(),
             "steps_per_request": settings.steps, "batch_size": settings.batch_size, "lr": settings.lr,
@@ -83,13 +67,13 @@ def run_continual(settings: ContinualSettings, evaluator: ClassEvaluator | None 
             "naive": f"RU {NAIVE_RU['method_kwargs']} (unlearn_fast.continual.NAIVE_RU), once per request",
             "threads": torch.get_num_threads(),
         },
-        "original": {"ua": orig["ua"], "retain_acc": orig["retain_acc"], "neighbor_acc": orig["neighbor_acc"],
-                     "neighbors": orig["neighbors"], "fid": orig["fid"], "per_class_acc": per_class,
-                     "note": "metrics over the final erased set; per_step: the same samples scored per step",
-                     "per_step": original_steps, "eval_seconds": round(time.perf_counter() - t0, 1)},
+        "original": space.original_report(evaluator, original, seq),
         "methods": {},
     }
-    log(f"[original] retain {orig['retain_acc']:.3f} neighbour {_f(orig['neighbor_acc'])} FID {orig['fid']:.2f}")
+    report["settings"].update(space.settings_dict())
+    orig = report["original"]
+    log(f"[original] retain {orig['retain_acc']:.3f} neighbour {_f(orig['neighbor_acc'])} IRA {_f(orig.get('ira'))} "
+        f"CRA {_f(orig.get('cra'))} FID {orig['fid']:.2f}")
     needs_detector = any(issubclass(STRATEGIES[m], Lacu) for m in settings.methods)
     if detector is None and needs_detector and settings.lacu.target_check == "detector":
         from ..eval.classifier import load_detector

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from ..config import ConfigError, check_field_types
+from ..config import Condition, ConfigError, check_field_types
 from ..eval.metrics import EvalSettings
+from ..eval.shapes_metrics import ShapesEvalSettings
 
-#: the embedded model kinds a continual run accepts (requests name digits on both)
-CONTINUAL_MODELS = ("class", "text")
+#: the embedded model kinds a continual run accepts (requests: digits; shapes: concepts)
+CONTINUAL_MODELS = ("class", "text", "shapes")
 
 
 def _help(text: str, **kw):
@@ -114,15 +115,40 @@ class ConstrainedSettings:
 
 
 @dataclass
+class ShapesRequestSettings:
+    """What a request trains on the shapes model (the MNIST models' requests use ``lacu``'s data)."""
+
+    data: Literal["pool", "images"] = _help(
+        "x0 of the training samples: the previous model's samples of every forget and retain prompt (pool) "
+        "or the benchmark's generated images (images: the demo's folders)", default="pool")
+    pool_size: int = _help("data = pool: previous-model samples per prompt", default=16)
+    pool_guidance: float = _help("data = pool: guidance of the pool's sampler (the evaluator's)", default=2.0)
+    forget_per_combo: int = _help("data = images: images per combination that shows the concept", default=32)
+    retain_per_combo: int = _help("data = images: images per retained combination", default=8)
+    source: Literal["data", "student"] = _help(
+        "x_t of the forget terms: noised training samples (data) or sampled from the model being trained "
+        "(student, as ESD)", default="data")
+
+    def __post_init__(self):
+        check_field_types(self, "shapes.")
+        for name in ("pool_size", "forget_per_combo", "retain_per_combo"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"shapes.{name}: expected an int >= 1, got {getattr(self, name)}")
+        if self.pool_guidance < 0:
+            raise ConfigError(f"shapes.pool_guidance: expected a float >= 0, got {self.pool_guidance}")
+
+
+@dataclass
 class ContinualSettings:
     """A continual run: each request of ``sequence`` applied to the previous request's model."""
 
-    sequence: list[int] = _help("the requests, in order: classes (digits) to erase, e.g. 3,8,5,1,9",
-                                default_factory=lambda: [3, 8, 5, 1, 9])
+    sequence: list[Condition] = _help(
+        "the requests, in order: classes (digits) to erase, e.g. 3,8,5,1,9; --model shapes: concepts, e.g. "
+        "'striped star,heart,dotted'", default_factory=lambda: [3, 8, 5, 1, 9])
     methods: list[str] = _help("continual methods to run on the sequence, comma separated", default_factory=list)
-    model: Literal["class", "text"] = _help(
-        "the embedded model: class (class-conditional) or text (each request erases the digit's prompt)",
-        default="class")
+    model: Literal["class", "text", "shapes"] = _help(
+        "the embedded model: class (class-conditional), text (each request erases the digit's prompt) or "
+        "shapes (each request erases an object, a style or a 'style object' combination)", default="class")
     model_path: Optional[str] = _help("a model folder of that kind (none: the embedded one)", default=None)
     steps: int = _help("optimizer steps per request", default=100)
     batch_size: int = _help("samples per optimizer step", default=32)
@@ -131,6 +157,8 @@ class ContinualSettings:
     out: str = _help("folder for the per-request runs, table.md and continual.png", default="continual_out")
     report: Optional[str] = _help("JSON report path (none: OUT/report.json)", default=None)
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(per_class=100, steps=20, guidance=1.0))
+    shapes_eval: ShapesEvalSettings = field(default_factory=lambda: ShapesEvalSettings(paraphrase_samples=0))
+    shapes: ShapesRequestSettings = field(default_factory=ShapesRequestSettings)
     lacu: LacuSettings = field(default_factory=LacuSettings)
     constrained: ConstrainedSettings = field(default_factory=ConstrainedSettings)
     l2_anchor: Optional[float] = _help("the l2 method's anchor weight (none: lacu.lam_reg)", default=None)
@@ -140,10 +168,10 @@ class ContinualSettings:
     progress: bool = _help("progress bars of every request's training", default=False)
 
     def __post_init__(self):
-        from .strategies import DEFAULT_METHOD, STRATEGIES
+        from .strategies import STRATEGIES, default_method
 
         if not self.methods:
-            self.methods = [DEFAULT_METHOD]
+            self.methods = [default_method(self.model)]
         check_field_types(self)
         bad = [m for m in self.methods if m not in STRATEGIES]
         if bad:
@@ -152,8 +180,19 @@ class ContinualSettings:
             raise ConfigError(f"method: a method is listed twice: {self.methods}")
         if not self.sequence:
             raise ConfigError("sequence: expected at least one request")
-        if len(set(self.sequence)) != len(self.sequence):
+        from .spaces import space_of
+
+        try:
+            requests = space_of(self).requests()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if len(set(requests)) != len(requests):
             raise ConfigError(f"sequence: a condition is requested twice: {self.sequence}")
+        unfit = [m for m in self.methods if self.model not in STRATEGIES[m].models]
+        if unfit:
+            raise ConfigError(f"method: {', '.join(unfit)} cannot run on the {self.model} model (they choose "
+                              f"mapping targets among digits); on it use "
+                              f"{', '.join(m for m in STRATEGIES if self.model in STRATEGIES[m].models)}")
         for name in ("steps", "batch_size", "pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")

@@ -41,7 +41,8 @@ class SequenceContext:
     root: str  # this method's folder
     detector: torch.nn.Module | None = None
     log: object = print
-    erased: list[int] = field(default_factory=list)
+    space: object = None  # the request space (spaces.space_of(settings))
+    erased: list = field(default_factory=list)
     model: ConditionedModel | None = None  # the previous request's model (the original before the first)
     path: str | None = None  # its folder (None: the embedded model)
 
@@ -61,6 +62,8 @@ def original_path(settings: ContinualSettings) -> str:
 
 class Strategy:
     name = "strategy"
+    #: the model kinds whose requests the strategy can train
+    models = ("class", "text", "shapes")
 
     def __init__(self, settings: ContinualSettings):
         self.settings = settings
@@ -72,7 +75,7 @@ class Strategy:
 class PerRequest(Strategy):
     """Requests in order, each trained from the previous request's model and scored after it."""
 
-    def train(self, ctx: SequenceContext, n: int, request: int, out_dir: str, seed: int):
+    def train(self, ctx: SequenceContext, n: int, request, out_dir: str, seed: int):
         """``(TrainResult, seconds, TrainConfig, extra record fields)`` of request ``n``."""
         raise NotImplementedError
 
@@ -80,14 +83,14 @@ class PerRequest(Strategy):
         s = self.settings
         ctx.model, ctx.path = ctx.original, s.model_path
         steps_out = []
-        for n, request in enumerate(s.sequence, start=1):
+        for n, request in enumerate(ctx.space.requests(), start=1):
             out_dir = os.path.join(ctx.root, f"step{n:02d}")
-            result, seconds, config, extra = self.train(ctx, n, int(request), out_dir, s.seed + n - 1)
-            ctx.erased.append(int(request))
+            result, seconds, config, extra = self.train(ctx, n, request, out_dir, s.seed + n - 1)
+            ctx.erased.append(request)
             ctx.model, ctx.path = result.model, result.final_dir
             t0 = time.perf_counter()
-            rec = {"step": n, "request": int(request), **extra, "erased": list(ctx.erased),
-                   **scores(ctx.evaluator, ctx.model, list(ctx.erased), ctx.original),
+            rec = {"step": n, "request": request, **extra, "erased": list(ctx.erased),
+                   **scores(ctx.evaluator, ctx.model, list(ctx.erased), ctx.original, ctx.space),
                    "train_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
                    "train": train_summary(config), "model_dir": result.final_dir}
             steps_out.append(rec)
@@ -104,7 +107,7 @@ class Naive(PerRequest):
     def train(self, ctx, n, request, out_dir, seed):
         s = self.settings
         result, seconds, config = ru_request(s, ctx.path, [request], out_dir, steps=s.steps,
-                                             l2_anchor=self.anchor(), seed=seed)
+                                             l2_anchor=self.anchor(), seed=seed, erased=list(ctx.erased))
         return result, seconds, config, {}
 
 
@@ -121,6 +124,7 @@ class Lacu(PerRequest):
 
     name = "lacu"
     method = "lacu"
+    models = ("class", "text")  # mapping targets and replay are chosen among digits
 
     def __init__(self, settings: ContinualSettings):
         super().__init__(settings)
@@ -241,13 +245,13 @@ class Simultaneous(Strategy):
 
     def run(self, ctx: SequenceContext) -> list[dict]:
         s = self.settings
-        seq = [int(c) for c in s.sequence]
+        seq = ctx.space.requests()
         n_steps = s.simultaneous_steps or s.steps * len(seq)
         result, seconds, config = ru_request(s, s.model_path, seq, os.path.join(ctx.root, "all"),
                                              steps=n_steps, seed=s.seed)
         t0 = time.perf_counter()
         rec = {"step": len(seq), "request": seq, "erased": seq,
-               **scores(ctx.evaluator, result.model, seq, ctx.original), "train_seconds": round(seconds, 1),
+               **scores(ctx.evaluator, result.model, seq, ctx.original, ctx.space), "train_seconds": round(seconds, 1),
                "eval_seconds": round(time.perf_counter() - t0, 1), "train": train_summary(config),
                "model_dir": result.final_dir}
         ctx.log(line(self.name, rec))
@@ -257,12 +261,20 @@ class Simultaneous(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Lacu, Constrained, Naive, L2, Simultaneous)}
 #: the method ``unlearn-fast continual`` runs without ``--method``
 DEFAULT_METHOD = "constrained"
+#: the default on a model kind the default method cannot train (shapes: concepts, not digits)
+FALLBACK_METHOD = "l2"
+
+
+def default_method(model: str) -> str:
+    """The method a run on ``model`` gets without ``--method``."""
+    return DEFAULT_METHOD if model in STRATEGIES[DEFAULT_METHOD].models else FALLBACK_METHOD
 
 
 def line(method: str, rec: dict) -> str:
     """One log line of a step record."""
     extra = f" target {rec['target']} replay {rec['replayed']}" if "target" in rec else ""
-    neighbour = "-" if rec["neighbor_acc"] is None else f"{rec['neighbor_acc']:.3f}"
+    near = "" if rec["neighbor_acc"] is None else f" neighbour {rec['neighbor_acc']:.3f}"
+    domains = "".join(f" {k.upper()} {rec[k]:.3f}" for k in ("ira", "cra") if rec.get(k) is not None)
     return (f"[{method}] step {rec['step']} erased {rec['erased']}: UA {rec['ua']:.3f} (min {rec['ua_min']:.3f}) "
-            f"retain {rec['retain_acc']:.3f} neighbour {neighbour} FID {rec['fid']:.2f}{extra} "
+            f"retain {rec['retain_acc']:.3f}{near}{domains} FID {rec['fid']:.2f}{extra} "
             f"({rec['train_seconds']:.0f} s train, {rec['eval_seconds']:.0f} s eval)")

@@ -137,10 +137,18 @@ class ShapesEvaluator:
     def counts(self, concept: ShapeConcept) -> list[int]:
         """Samples per combination (``COMBOS`` order): ``per_combo``, and enough for the
         concept's combinations to reach ``min_concept`` together."""
+        return self.counts_for([concept])
+
+    def counts_for(self, concepts: Sequence[ShapeConcept]) -> list[int]:
+        """Samples per combination when several concepts are scored at once: each concept's
+        combinations get enough to reach ``min_concept`` together (the largest need wins)."""
         s = self.settings
-        mine = concept.combos()
-        extra = max(s.per_combo, -(-s.min_concept // len(mine)))
-        return [extra if c in mine else s.per_combo for c in COMBOS]
+        out = [s.per_combo] * len(COMBOS)
+        for concept in concepts:
+            mine = concept.combos()
+            extra = max(s.per_combo, -(-s.min_concept // len(mine)))
+            out = [max(n, extra) if c in mine else n for n, c in zip(out, COMBOS)]
+        return out
 
     def generate(self, model: ConditionedModel, texts: Sequence[str], seed_offset: int = 0,
                  progress=None) -> torch.Tensor:
@@ -156,10 +164,9 @@ class ShapesEvaluator:
         po, ps = self.classifier.predict(images.to(self._device()))
         return po.cpu(), ps.cpu()
 
-    @torch.no_grad()
-    def evaluate(self, model: ConditionedModel, concept: ShapeConcept, *, original: ConditionedModel | None = None,
-                 progress=None) -> dict:
-        counts = self.counts(concept)
+    def _sample_scored(self, model: ConditionedModel, counts: list[int], progress=None):
+        """``(images, combo, per)``: ``counts[i]`` samples of combination ``i``'s canonical prompt and
+        the per-combination accuracies ``per[key][i]``, key ``object``, ``style`` or ``both``."""
         combo = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)])
         texts = [prompt(*COMBOS[i]) for i in combo.tolist()]
         images = self.generate(model, texts, progress=progress)
@@ -168,33 +175,49 @@ class ShapesEvaluator:
         ok_o, ok_s = (po == obj).double(), (ps == sty).double()
         per = {key: [float(v[combo == i].mean()) for i in range(len(COMBOS))]
                for key, v in (("object", ok_o), ("style", ok_s), ("both", ok_o * ok_s))}
-        result = self._scores(concept, per)
-        retained = [i for i, c in enumerate(COMBOS) if not concept.contains(*c)]
+        return images, combo, per
+
+    def _retained_extras(self, model, original, images, combo, retained: list[int]) -> dict:
+        """FID of the retained combinations' samples against held-out images of the same, and the KL."""
         keep = torch.isin(combo, torch.tensor(retained))
         real = torch.isin(self.real_combo, torch.tensor(retained))
-        result["fid"] = frechet_distance(self._features(images[keep]), self.real_features[real])
+        out = {"fid": frechet_distance(self._features(images[keep]), self.real_features[real])}
+        if original is not None:
+            out["kl_to_original"] = self.kl_to_original(model, original, retained)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: ConditionedModel, concept: ShapeConcept, *, original: ConditionedModel | None = None,
+                 progress=None) -> dict:
+        counts = self.counts(concept)
+        images, combo, per = self._sample_scored(model, counts, progress)
+        result = self._scores(concept, per)
+        retained = [i for i, c in enumerate(COMBOS) if not concept.contains(*c)]
+        result.update(self._retained_extras(model, original, images, combo, retained))
         result["per_combo"] = per
         result["samples_per_combo"] = counts
         if self.settings.paraphrase_samples:
             result["ua_paraphrase"] = self.paraphrase_ua(model, concept)
-        if original is not None:
-            result["kl_to_original"] = self.kl_to_original(model, original, retained)
+        result["samples"], result["sample_combo"] = images, combo
+        return result
+
+    @torch.no_grad()
+    def evaluate_set(self, model: ConditionedModel, concepts: Sequence[ShapeConcept], *,
+                     original: ConditionedModel | None = None, progress=None) -> dict:
+        """Every concept of ``concepts`` erased at once (a continual sequence so far): one sampling
+        pass with at least ``min_concept`` samples of each concept, scored by :func:`set_scores`,
+        with FID and KL on the combinations no concept shows. No paraphrase UA."""
+        counts = self.counts_for(concepts)
+        images, combo, per = self._sample_scored(model, counts, progress)
+        result = set_scores(per, concepts)
+        result.update(self._retained_extras(model, original, images, combo, result["retained"]))
+        result["per_combo"] = per
+        result["samples_per_combo"] = counts
         result["samples"], result["sample_combo"] = images, combo
         return result
 
     def _scores(self, concept: ShapeConcept, per: dict) -> dict:
-        mine = [i for i, c in enumerate(COMBOS) if concept.contains(*c)]
-        rest = [i for i in range(len(COMBOS)) if i not in mine]
-        mean = lambda key, idx: sum(per[key][i] for i in idx) / len(idx) if idx else None  # noqa: E731
-        if concept.kind == "combo":
-            o, s = concept.object, concept.style
-            near = [i for i in rest if COMBOS[i][0] == o or COMBOS[i][1] == s]
-            far = [i for i in rest if i not in near]
-            return {"ua": 1 - mean("both", mine), "ira": mean("both", near), "cra": mean("both", far),
-                    "both_acc": mean("both", rest)}
-        own, other = ("object", "style") if concept.kind == "object" else ("style", "object")
-        return {"ua": 1 - mean(own, mine), "ira": mean(own, rest), "cra": mean(other, list(range(len(COMBOS)))),
-                "both_acc": mean("both", rest)}
+        return concept_scores(concept, per)
 
     @torch.no_grad()
     def paraphrase_ua(self, model: ConditionedModel, concept: ShapeConcept) -> float:
@@ -220,6 +243,48 @@ class ShapesEvaluator:
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)
+
+
+def _mean(values: list[float], idx: Sequence[int]):
+    return sum(values[i] for i in idx) / len(idx) if idx else None
+
+
+def concept_scores(concept: ShapeConcept, per: dict, others: Sequence[ShapeConcept] = ()) -> dict:
+    """``ua``, ``ira``, ``cra`` and ``both_acc`` of ``concept`` from per-combination accuracies
+    ``per`` (``object``/``style``/``both`` lists in ``COMBOS`` order). ``others``: concepts erased
+    beside it (a continual sequence): their combinations leave the retain sets, since what they
+    show is meant to be gone (reading an erased object's combinations for this concept's CRA
+    would count the other erasure's success as this one's damage)."""
+    gone = [i for i, c in enumerate(COMBOS) if any(x.contains(*c) for x in others)]
+    mine = [i for i, c in enumerate(COMBOS) if concept.contains(*c)]
+    rest = [i for i in range(len(COMBOS)) if i not in mine and i not in gone]
+    if concept.kind == "combo":
+        o, s = concept.object, concept.style
+        near = [i for i in rest if COMBOS[i][0] == o or COMBOS[i][1] == s]
+        far = [i for i in rest if i not in near]
+        return {"ua": 1 - _mean(per["both"], mine), "ira": _mean(per["both"], near), "cra": _mean(per["both"], far),
+                "both_acc": _mean(per["both"], rest)}
+    own, other = ("object", "style") if concept.kind == "object" else ("style", "object")
+    every = [i for i in range(len(COMBOS)) if i not in gone]
+    return {"ua": 1 - _mean(per[own], mine), "ira": _mean(per[own], rest), "cra": _mean(per[other], every),
+            "both_acc": _mean(per["both"], rest)}
+
+
+def set_scores(per: dict, concepts: Sequence[ShapeConcept]) -> dict:
+    """Scores of a set of erased concepts from per-combination accuracies: per concept
+    (``per_concept[name]``: :func:`concept_scores` with the others erased beside it), ``ua`` (the
+    mean), ``ua_min``, ``ira`` and ``cra`` (means over the concepts that have one), and
+    ``retain_acc``: both-right accuracy on the combinations no concept shows (``retained``)."""
+    concepts = list(concepts)
+    each = {c.name: concept_scores(c, per, [x for x in concepts if x != c]) for c in concepts}
+
+    def avg(key):
+        values = [e[key] for e in each.values() if e[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    retained = [i for i, c in enumerate(COMBOS) if not any(x.contains(*c) for x in concepts)]
+    return {"ua": avg("ua"), "ua_min": min(e["ua"] for e in each.values()), "ira": avg("ira"), "cra": avg("cra"),
+            "retain_acc": _mean(per["both"], retained), "per_concept": each, "retained": retained}
 
 
 def shapes_evaluator(scheduler, settings: ShapesEvalSettings | None = None) -> ShapesEvaluator:

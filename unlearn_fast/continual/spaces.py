@@ -1,0 +1,255 @@
+"""What a request names, per model kind: digits of the MNIST models, concepts of the shapes model.
+
+A continual run is the same loop on every embedded model; what differs is what a request is
+and how it is trained and scored. ``DigitSpace`` (``class``, ``text``): a request is a digit, its
+condition the class id or canonical prompt, scored by ``eval.metrics.ClassEvaluator``.
+``ShapesSpace`` (``shapes``): a request is an object, a style or one combination
+(``"striped"``, ``"star"``, ``"hollow star"``), forgotten through every prompt that names it
+(``ShapeConcept.prompts``) and scored by ``eval.shapes_metrics.ShapesEvaluator.evaluate_set``
+(UA per concept, IRA, CRA, retain accuracy on the combinations no concept shows). Each space
+says: the parsed requests, the model and evaluator, the original's reference per step, a
+request's trainer fields, and the scores of a model after a request.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class DigitSpace:
+    """``class`` and ``text``: requests are digits."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def requests(self) -> list[int]:
+        try:
+            return [int(c) for c in self.settings.sequence]
+        except (TypeError, ValueError):
+            raise ValueError(f"sequence: the {self.settings.model} model's requests are digits (class ids), got "
+                             f"{self.settings.sequence}") from None
+
+    def key(self, request) -> str:
+        return str(request)
+
+    def load(self):
+        from ..models_zoo import load_embedded
+
+        return load_embedded(self.settings.model, self.settings.model_path)
+
+    def describe(self) -> str:
+        s = self.settings
+        if s.model_path:
+            return s.model_path
+        if s.model == "text":
+            return ("embedded text-conditioned DDPM, 16x16 MNIST (unlearn_fast/assets/text_ddpm); labels are the "
+                    "prompts of unlearn_fast.models_zoo.digit_prompt")
+        return "embedded class-conditional DDPM, 16x16 MNIST (unlearn_fast/assets/class_ddpm)"
+
+    def settings_dict(self) -> dict:
+        return {}
+
+    def evaluator(self, original, scheduler):
+        from ..eval.metrics import embedded_evaluator
+
+        return embedded_evaluator(scheduler, self.settings.eval, self.settings.model,
+                                  int(original.module.config.sample_size))
+
+    def check(self, evaluator, seq: list) -> None:
+        bad = [c for c in seq if not 0 <= c < evaluator.num_classes]
+        if bad:
+            raise ValueError(f"sequence: expected classes in [0, {evaluator.num_classes}), got {bad}")
+
+    def original_report(self, evaluator, original, seq: list) -> dict:
+        """The original model's metrics over the final erased set, and per step of the sequence."""
+        t0 = time.perf_counter()
+        orig = evaluator.evaluate(original, seq)
+        per_class = orig["per_class_acc"]
+        per_step = []
+        for n in range(1, len(seq) + 1):
+            erased = seq[:n]
+            retain = [c for c in range(evaluator.num_classes) if c not in erased]
+            near = evaluator.neighbors(erased)
+            per_step.append({"step": n, "ua": 1 - sum(per_class[c] for c in erased) / n,
+                             "retain_acc": sum(per_class[c] for c in retain) / len(retain),
+                             "neighbor_acc": sum(per_class[c] for c in near) / len(near) if near else None})
+        return {"ua": orig["ua"], "retain_acc": orig["retain_acc"], "neighbor_acc": orig["neighbor_acc"],
+                "neighbors": orig["neighbors"], "fid": orig["fid"], "per_class_acc": per_class,
+                "note": "metrics over the final erased set; per_step: the same samples scored per step",
+                "per_step": per_step, "eval_seconds": round(time.perf_counter() - t0, 1)}
+
+    def scores(self, evaluator, model, erased: list, original) -> dict:
+        """The per-step metrics of a model after a request (over everything erased so far)."""
+        r = evaluator.evaluate(model, erased, original=original)
+        per_class = r["per_class_acc"]
+        return {
+            "ua": r["ua"],
+            "ua_per_class": {str(c): 1 - per_class[c] for c in erased},
+            "ua_min": min(1 - per_class[c] for c in erased),
+            "retain_acc": r["retain_acc"],
+            "neighbor_acc": r["neighbor_acc"],
+            "neighbors": r["neighbors"],
+            "fid": r["fid"],
+            "kl_to_original": r.get("kl_to_original"),
+            "per_class_acc": per_class,
+        }
+
+    def request_fields(self, forget: list, retain: list | None, erased: list, out_dir: str) -> dict:
+        """The ``TrainConfig`` fields naming what request ``forget`` erases and keeps."""
+        from ..models_zoo import embedded_condition_names
+
+        names = embedded_condition_names(self.settings.model)
+        fields = {"model": self.settings.model}
+        if self.settings.model == "text":
+            fields["pool_size"] = self.settings.pool_size
+            if retain is None:  # a prompt model has no implicit "every other class"
+                retain = [c for c in range(len(names)) if c not in forget]
+        fields.update(forget=[names[f] for f in forget], retain=[names[r] for r in (retain or [])])
+        return fields
+
+    def method_kwargs(self, method: str, kwargs: dict) -> dict:
+        return kwargs
+
+    def condition_names(self, values: list) -> list:
+        from ..models_zoo import embedded_condition_names
+
+        names = embedded_condition_names(self.settings.model)
+        return [names[int(v)] for v in values]
+
+
+class ShapesSpace:
+    """``shapes``: requests are concepts (an object, a style or a combination), named by many prompts."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def requests(self) -> list[str]:
+        from ..eval.shapes_metrics import parse_concept
+
+        out = []
+        for c in self.settings.sequence:
+            try:
+                out.append(parse_concept(str(c)).name)
+            except ValueError as e:
+                raise ValueError(f"sequence: {e.args[0].split(': ', 1)[1]}") from None
+        if len(set(out)) != len(out):
+            raise ValueError(f"sequence: a concept is requested twice: {out}")
+        return out
+
+    def key(self, request) -> str:
+        return str(request)
+
+    def concept(self, name: str):
+        from ..eval.shapes_metrics import parse_concept
+
+        return parse_concept(name)
+
+    def load(self):
+        from ..shapes_zoo import load_shapes_ddpm
+
+        return load_shapes_ddpm(self.settings.model_path)
+
+    def describe(self) -> str:
+        return self.settings.model_path or (
+            "embedded text-conditioned shapes DDPM, 32x32 RGB, 8 objects x 6 styles (unlearn_fast/assets/shapes_ddpm)")
+
+    def settings_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"shapes": asdict(self.settings.shapes)}
+
+    def evaluator(self, original, scheduler):
+        from ..eval.shapes_metrics import shapes_evaluator
+
+        return shapes_evaluator(scheduler, self.settings.shapes_eval)
+
+    def check(self, evaluator, seq: list) -> None:
+        pass  # requests() parsed every concept
+
+    def original_report(self, evaluator, original, seq: list) -> dict:
+        """The original's evaluation over the whole sequence's concepts once; per step, the same
+        per-combination accuracies scored for the concepts erased by then."""
+        from ..eval.shapes_metrics import set_scores
+
+        t0 = time.perf_counter()
+        concepts = [self.concept(c) for c in seq]
+        r = evaluator.evaluate_set(original, concepts)
+        per_step = []
+        for n in range(1, len(seq) + 1):
+            s = set_scores(r["per_combo"], concepts[:n])
+            per_step.append({"step": n, "ua": s["ua"], "ua_min": s["ua_min"], "ira": s["ira"], "cra": s["cra"],
+                             "retain_acc": s["retain_acc"], "neighbor_acc": None})
+        return {"ua": r["ua"], "ira": r["ira"], "cra": r["cra"], "retain_acc": r["retain_acc"], "neighbor_acc": None,
+                "fid": r["fid"], "per_combo": r["per_combo"], "samples_per_combo": r["samples_per_combo"],
+                "note": "metrics over the final erased set; per_step: the same samples scored per step",
+                "per_step": per_step, "eval_seconds": round(time.perf_counter() - t0, 1)}
+
+    def scores(self, evaluator, model, erased: list, original) -> dict:
+        r = evaluator.evaluate_set(model, [self.concept(c) for c in erased], original=original)
+        return {
+            "ua": r["ua"],
+            "ua_per_class": {name: e["ua"] for name, e in r["per_concept"].items()},
+            "ua_min": r["ua_min"],
+            "ira": r["ira"],
+            "cra": r["cra"],
+            "retain_acc": r["retain_acc"],
+            "neighbor_acc": None,
+            "fid": r["fid"],
+            "kl_to_original": r.get("kl_to_original"),
+            "per_concept": r["per_concept"],
+            "per_combo": r["per_combo"],
+        }
+
+    def request_fields(self, forget: list, retain: list | None, erased: list, out_dir: str) -> dict:
+        """Forget every prompt of the requested concepts; keep the canonical prompt of every
+        combination that no concept erased so far (or now) shows; anchor each forgotten
+        combination prompt on itself without the erased part (``demo_shapes.combo_anchor``) unless
+        that anchor is forgotten too (then the null prompt); data from ``settings.shapes``."""
+        from ..data.shapes import prompt
+        from ..demo_shapes import combo_anchor, write_concept_folders
+        from ..eval.shapes_metrics import COMBOS, ShapeConcept
+
+        sh = self.settings.shapes
+        now = [self.concept(c) for c in forget]
+        gone = now + [self.concept(c) for c in erased]
+        forget_prompts = list(dict.fromkeys(p for c in now for p in c.prompts()))
+        kept = [prompt(o, s) for o, s in COMBOS if not any(c.contains(o, s) for c in gone)]
+        anchors, erased_anchors = {}, set()
+        for c in now:
+            for o, s in c.combos():
+                anchors[prompt(o, s)] = combo_anchor(c, o, s)
+                # the anchor names the combination's other part: its style (object erased) or object
+                named = ShapeConcept("style", None, s) if c.kind == "object" else ShapeConcept("object", o, None)
+                if named in gone:  # that part is erased too: the null anchor
+                    erased_anchors.add(anchors[prompt(o, s)])
+        fields = dict(model="text", forget=forget_prompts, retain=list(retain) if retain is not None else kept,
+                      source=sh.source)
+        if sh.data == "images":
+            if len(now) != 1:
+                raise ValueError("shapes.data: 'images' writes one concept's folders; simultaneous erases several "
+                                 "concepts at once, use shapes.data = 'pool'")
+            forget_dir, retain_dir, folder_anchors = write_concept_folders(  # beside the run, which overwrites
+                out_dir.rstrip("/\\") + "-data", now[0], sh.forget_per_combo, sh.retain_per_combo, exclude=gone)
+            anchors.update(folder_anchors)
+            fields.update(data="images", forget_images=forget_dir, retain_images=retain_dir)
+        else:
+            fields.update(data="pool", pool_size=sh.pool_size, pool_guidance=sh.pool_guidance, pool_steps=20)
+        fields["anchor_map"] = {k: v for k, v in anchors.items() if v not in erased_anchors}
+        return fields
+
+    def method_kwargs(self, method: str, kwargs: dict) -> dict:
+        """A shapes request's kwargs: ``demo_shapes.SHAPES_METHOD_KWARGS`` under the caller's."""
+        from ..demo_shapes import SHAPES_METHOD_KWARGS
+
+        return {**SHAPES_METHOD_KWARGS.get(method, {}), **kwargs}
+
+    def condition_names(self, values: list) -> list:
+        return [str(v) for v in values]
+
+
+SPACES = {"class": DigitSpace, "text": DigitSpace, "shapes": ShapesSpace}
+
+
+def space_of(settings):
+    """The request space of ``settings.model``."""
+    return SPACES[settings.model](settings)
