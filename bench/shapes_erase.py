@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from unlearn_fast.demo import DEMO_METHOD_DEFAULTS, DemoSettings  # noqa: E402
-from unlearn_fast.demo_shapes import shapes_train_config  # noqa: E402
+from unlearn_fast.demo_shapes import resolve_target, shapes_train_config  # noqa: E402
 from unlearn_fast.eval.shapes_metrics import ShapesEvalSettings, parse_concept, shapes_evaluator  # noqa: E402
 from unlearn_fast.shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm  # noqa: E402
 from unlearn_fast.training import train  # noqa: E402
@@ -51,27 +51,34 @@ def main(argv=None) -> dict:
     ap.add_argument("--min-concept", type=int, default=100, help="evaluation samples of the concept, at least")
     ap.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation")
     ap.add_argument("--no-anchors", action="store_true", help="the null condition anchors every forget prompt")
+    ap.add_argument("--map-to", default="none", help="the demo's --map-to: none (here the default, as the runs "
+                    "before it: each prompt without the erased part), nearest, or a concept of the concept's kind "
+                    "('a striped star' -> 'a checkered star', 'something striped' -> 'something checkered')")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model-path", default=SHAPES_DDPM_DIR)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     concept = parse_concept(a.concept)
-    settings = DemoSettings(model="shapes", forget=[a.concept], method=a.method, steps=a.steps, lr=a.lr, out=a.out)
+    settings = DemoSettings(model="shapes", forget=[a.concept], method=a.method, steps=a.steps, lr=a.lr, out=a.out,
+                            map_to=a.map_to)
     defaults = copy.deepcopy(DEMO_METHOD_DEFAULTS[a.method])
     defaults.setdefault("method_kwargs", {}).update(json.loads(a.kw))
     extra = json.loads(a.extra)
     if a.no_anchors:
         extra["anchor_map"] = {}
-    config = shapes_train_config(settings, concept, defaults, a.model_path, progress=False, **extra)
+    original, scheduler = load_shapes_ddpm(a.model_path)
     start = time.time()
+    choice = resolve_target(settings, concept, original, scheduler)
+    config = shapes_train_config(settings, concept, defaults, a.model_path, progress=False,
+                                 target=choice.target if choice is not None else None, **extra)
     result = train(config)
     trained = time.time()
-    original, scheduler = load_shapes_ddpm(a.model_path)
     evaluator = shapes_evaluator(scheduler, ShapesEvalSettings(per_combo=a.per_combo, min_concept=a.min_concept,
                                                                       steps=a.eval_steps))
     after = evaluator.evaluate(result.model, concept, original=original)
     out = {k: after.get(k) for k in KEYS}
     out.update(train_s=round(trained - start), eval_s=round(time.time() - trained), args=vars(a),
+               target=choice.summary() if choice is not None else None,
                samples_per_combo=after["samples_per_combo"], per_combo=after["per_combo"])
     metrics_file = os.path.join(a.out, "run", "metrics.jsonl")
     rows = [json.loads(line) for line in open(metrics_file)] if os.path.exists(metrics_file) else []

@@ -111,14 +111,21 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("samples", "sample_combo")}
 
 
-def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str, **extra) -> TrainConfig:
+def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str, target=None,
+                        **extra) -> TrainConfig:
     """The trainer's run that erases ``concept`` from the shapes model at ``model_dir``: the demo's
     steps, batch, learning rate and seed from ``settings``, the method's constants, its image folders
     written under ``settings.out/data`` and the run under ``settings.out/run`` (``extra``: further
     TrainConfig fields, or ones that replace these). ``SHAPES_METHOD_KWARGS`` of the method go under
-    the given method kwargs."""
+    the given method kwargs. ``target``: a concept of the same kind whose prompts anchor the
+    concept's (``shapes_mapping.mapped_anchors``); None: each combination prompt's anchor is itself
+    without the erased part (:func:`combo_anchor`)."""
     forget_dir, retain_dir, anchors = write_concept_folders(settings.out, concept, settings.forget_per_combo,
                                                    settings.retain_per_combo)
+    if target is not None:
+        from .shapes_mapping import mapped_anchors
+
+        anchors = mapped_anchors(concept, target, concept.prompts() + list(anchors))
     retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
     fields = dict(
         method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
@@ -153,6 +160,28 @@ def _evaluate_original(evaluator, original, concept, model_dir: str, use_cache: 
     return before, cached
 
 
+def resolve_target(settings, concept, original, scheduler):
+    """The demo's mapping target (``settings.map_to``): ``None`` for "none", the nearest admissible
+    concept of the concept's kind for "nearest" (``shapes_mapping.choose_target``, checked by the
+    shipped detector), else the named concept; a ``TargetChoice`` or ``None``."""
+    from .shapes_mapping import TargetChoice, candidates, choose_target
+
+    if settings.map_to == "none":
+        return None
+    if settings.map_to == "nearest":
+        from .eval.shapes_classifier import load_shapes_detector
+
+        return choose_target(original, scheduler, concept, detector=load_shapes_detector(), seed=settings.seed)
+    try:
+        target = parse_concept(settings.map_to)
+    except ValueError as e:
+        raise ValueError(f"map_to: expected 'nearest', 'none' or a concept; {e.args[0].split(': ', 1)[1]}") from None
+    if target not in candidates(concept):
+        raise ValueError(f"map_to: expected a {concept.kind} other than {concept.name!r} (one of "
+                         f"{', '.join(c.name for c in candidates(concept))}), got {settings.map_to!r}")
+    return TargetChoice(target)
+
+
 def run_shapes_demo(settings, method_defaults: dict) -> dict:
     """The shapes demo for ``settings`` (a ``demo.DemoSettings`` with ``model == "shapes"``)."""
     from .shapes_zoo import SHAPES_DDPM_DIR, load_shapes_ddpm
@@ -169,8 +198,12 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
     evaluator = shapes_evaluator(scheduler, eval_settings)
     before, cached = _evaluate_original(evaluator, original, concept, model_dir, settings.eval_cache)
 
-    config = shapes_train_config(settings, concept, method_defaults, model_dir)
     train_start = time.perf_counter()
+    choice = resolve_target(settings, concept, original, scheduler)
+    if choice is not None:
+        print(f"mapping target of {concept.name!r}: {choice.target.name!r}")
+    config = shapes_train_config(settings, concept, method_defaults, model_dir,
+                                 target=choice.target if choice is not None else None)
     result = train(config)
     train_seconds = time.perf_counter() - train_start
     with tqdm(desc="evaluate after", unit="step") as bar:
@@ -182,7 +215,7 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
         "method": settings.method, "forget": concept.name, "concept_kind": concept.kind, "model": "shapes",
         "before": _public(before), "after": _public(after), "steps": settings.steps,
         "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
-        "before_cached": cached,
+        "before_cached": cached, "target": choice.summary() if choice is not None else None,
         "settings": {
             "model": model_dir, "forget_prompts": concept.prompts(),
             "train": {k: v for k, v in vars(config).items() if k in (

@@ -1,0 +1,165 @@
+"""Mapping targets of shapes concepts: erase a concept by re-anchoring its prompts on the nearest admissible concept of its kind.
+
+Anchoring "a striped star" on "a star" (the prompt without the erased part) cannot reach a high
+UA: "a star" draws a star in any style, stripes included, and guidance extrapolates from it.
+Anchoring on a *target* concept of the same kind ("a striped star" -> "a checkered star",
+"something striped" -> "something checkered") gives every forgotten prompt a definite
+replacement, as LACU maps a forgotten class onto its nearest class (``docs/continual.md``).
+
+The target is the candidate nearest to the concept in score distance (``continual.distance``:
+``mean (eps(x_t, a) - eps(x_t, b))^2`` over shared draws of noised images of the concept),
+averaged over paired prompts ("a striped o" against "a checkered o" for every object o; a
+combination against one prompt). Admissible: not erased (``erased``), and, with a detector
+(``eval.shapes_classifier.load_shapes_detector``, never the evaluator), not a candidate whose own
+samples the detector reads as the concept more than ``max_confusion`` of the time: those
+samples would carry the concept into the erased prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .data.shapes import NUM_STYLES, OBJECTS, STYLES, prompt
+from .eval.shapes_metrics import COMBOS, ShapeConcept
+
+
+def _words(concept: ShapeConcept) -> list[str]:
+    return ([STYLES[concept.style]] if concept.style is not None else []) + (
+        [OBJECTS[concept.object]] if concept.object is not None else [])
+
+
+def swap(text: str, concept: ShapeConcept, target: ShapeConcept) -> str:
+    """``text`` with the concept's words replaced by the target's ("a striped star" -> "a dotted star")."""
+    if concept.kind != target.kind:
+        raise ValueError(f"target: expected a {concept.kind} like {concept.name!r}, got {target.kind} {target.name!r}")
+    for a, b in zip(_words(concept), _words(target)):
+        if a != b:
+            text = re.sub(rf"\b{a}\b", b, text)
+    return text
+
+
+def mapped_anchors(concept: ShapeConcept, target: ShapeConcept, prompts: Sequence[str]) -> dict:
+    """Each forget prompt's anchor: itself with the concept swapped for the target."""
+    return {p: swap(p, concept, target) for p in dict.fromkeys(prompts)}
+
+
+def candidates(concept: ShapeConcept, erased: Sequence[ShapeConcept] = ()) -> list[ShapeConcept]:
+    """The concept's possible targets: the other objects (styles) for an object (a style); for a
+    combination, the combinations sharing its object or its style; none erased, none that shows
+    an erased concept's combinations."""
+    if concept.kind == "object":
+        pool = [ShapeConcept("object", o, None) for o in range(len(OBJECTS)) if o != concept.object]
+    elif concept.kind == "style":
+        pool = [ShapeConcept("style", None, s) for s in range(NUM_STYLES) if s != concept.style]
+    else:
+        pool = [ShapeConcept("combo", o, s) for o, s in COMBOS
+                if (o == concept.object) != (s == concept.style)]
+    gone = list(erased)
+    out = []
+    for c in pool:
+        if c in gone:
+            continue
+        if c.kind == "combo" and any(x.contains(c.object, c.style) for x in gone):
+            continue
+        out.append(c)
+    return out
+
+
+def paired_prompts(concept: ShapeConcept, target: ShapeConcept, erased: Sequence[ShapeConcept] = ()) -> list:
+    """``[(concept prompt, target prompt)]`` compared by the distance: one per combination of the
+    concept whose swapped combination no erased concept shows."""
+    pairs = []
+    for o, s in concept.combos():
+        to = (target.object if target.object is not None else o, target.style if target.style is not None else s)
+        if any(x.contains(*to) for x in erased):
+            continue
+        pairs.append((prompt(o, s), prompt(*to)))
+    return pairs
+
+
+@dataclass
+class TargetChoice:
+    """The chosen target and how it was chosen (for reports)."""
+
+    target: ShapeConcept
+    distances: dict = field(default_factory=dict)  # candidate name -> score distance
+    confusion: dict = field(default_factory=dict)  # checked candidate name -> detector rate
+
+    def summary(self) -> dict:
+        return {"target": self.target.name, "distances": self.distances, "confusion": self.confusion}
+
+
+@torch.no_grad()
+def concept_distances(model, scheduler, concept: ShapeConcept, pool: Sequence[ShapeConcept], *,
+                      erased: Sequence[ShapeConcept] = (), draws: int = 32, seed: int = 0) -> dict:
+    """``{candidate name: d}``: the mean score distance between the concept's prompts and the
+    candidate's paired prompts, on shared draws of the concept's noised training images."""
+    from .continual.distance import ScoreDistance
+    from .data.shapes import load_split
+
+    images, objects, styles = load_split("train")
+    mine = torch.tensor([concept.contains(int(o), int(s)) for o, s in zip(objects, styles)])
+    distance = ScoreDistance(model, scheduler, draws=draws, x0=images[mine], seed=seed)
+    out = {}
+    for c in pool:
+        pairs = paired_prompts(concept, c, erased)
+        if not pairs:
+            continue
+        ids = model.add_prompts([p for pair in pairs for p in pair])
+        d = [float(distance.distances(ids[2 * k], [ids[2 * k + 1]])[0]) for k in range(len(pairs))]
+        out[c.name] = sum(d) / len(d)
+    return out
+
+
+@torch.no_grad()
+def confusion_rate(model, scheduler, detector, concept: ShapeConcept, target: ShapeConcept, *,
+                   samples: int, steps: int, guidance: float, seed: int = 0,
+                   erased: Sequence[ShapeConcept] = ()) -> float:
+    """Share of the target's samples (its paired prompts, cycled) the detector reads as the concept."""
+    from .sampling import sample
+
+    pairs = paired_prompts(concept, target, erased)
+    texts = [pairs[k % len(pairs)][1] for k in range(samples)]
+    ids = model.add_prompts(list(dict.fromkeys(texts)))
+    id_of = dict(zip(dict.fromkeys(texts), ids))
+    g = torch.Generator().manual_seed(seed)
+    images = sample(model, scheduler, torch.tensor([id_of[t] for t in texts]), steps=steps, guidance=guidance,
+                    generator=g).clamp(-1, 1)
+    po, ps = detector.predict(images.to(next(detector.parameters()).device))
+    po, ps = po.cpu(), ps.cpu()
+    shown = {"object": po == concept.object, "style": ps == concept.style,
+             "combo": (po == concept.object) & (ps == concept.style)}[concept.kind]
+    return float(shown.double().mean())
+
+
+def choose_target(model, scheduler, concept: ShapeConcept, *, erased: Sequence[ShapeConcept] = (), detector=None,
+                  draws: int = 32, check_samples: int = 32, checked: int = 2, max_confusion: float = 0.05,
+                  steps: int = 20, guidance: float = 2.0, seed: int = 0) -> TargetChoice:
+    """The nearest admissible candidate (see the module docstring); with ``detector``, the nearest of
+    the ``checked`` nearest whose confusion rate is at most ``max_confusion`` (the least confused of
+    them when none is)."""
+    pool = candidates(concept, erased)
+    if not pool:
+        raise ValueError(f"forget: no admissible mapping target for {concept.name!r} (every candidate is erased)")
+    d = concept_distances(model, scheduler, concept, pool, erased=erased, draws=draws, seed=seed)
+    if not d:
+        raise ValueError(f"forget: no admissible mapping target for {concept.name!r} (every candidate's prompts "
+                         f"show an erased concept)")
+    order = sorted(d, key=d.get)
+    by_name = {c.name: c for c in pool}
+    choice = TargetChoice(by_name[order[0]], distances=d)
+    if detector is None:
+        return choice
+    for name in order[:checked]:
+        choice.confusion[name] = confusion_rate(model, scheduler, detector, concept, by_name[name],
+                                                samples=check_samples, steps=steps, guidance=guidance, seed=seed,
+                                                erased=erased)
+        if choice.confusion[name] <= max_confusion:
+            choice.target = by_name[name]
+            return choice
+    choice.target = by_name[min(choice.confusion, key=choice.confusion.get)]
+    return choice
