@@ -118,9 +118,47 @@ def test_shapes_continual_runs_end_to_end(tmp_path):
             assert isinstance(s[key], float), key
         assert set(s["ua_per_class"]) == set(s["erased"])
     assert steps[1]["train"]["forget"] == parse_concept("circle").prompts()
+    assert set(steps[1]["targets"]) == {"hollow star", "circle"}  # each erased concept's mapping target
+    assert on_disk["methods"]["simultaneous"]["steps"][0]["targets"].keys() == {"hollow star", "circle"}
     assert len(on_disk["methods"]["simultaneous"]["steps"]) == 1
     acc = acceptance(report)
     assert acc["method"] == "naive" and {"ira_ok", "cra_ok", "original_ira"} <= set(acc["steps"][0])
     table = markdown_table(report)
     assert "| IRA | CRA |" in table and "at least 4 per erased concept" in table
     assert (tmp_path / "out" / "continual.png").stat().st_size > 0
+
+
+def test_mapped_requests_compose_the_targets_of_everything_erased(tmp_path):
+    space = ShapesSpace(_shapes_settings())
+    space.target_of = {"striped": parse_concept("checkered"), "star": parse_concept("cross")}
+    f = space.request_fields(["star"], None, ["striped"], str(tmp_path / "step02"))
+    cross, checkered = OBJECTS.index("cross"), STYLES.index("checkered")
+    assert f["anchor_map"][prompt(STAR, STRIPED)] == prompt(cross, checkered)  # both swaps
+    assert f["anchor_map"][prompt(STAR, HOLLOW)] == prompt(cross, HOLLOW)
+    assert f["anchor_map"][prompt(STAR)] == prompt(cross)  # the object's own prompt
+    images = ShapesSpace(_shapes_settings(shapes=ShapesRequestSettings(data="images", forget_per_combo=4,
+                                                                       retain_per_combo=1)))
+    images.target_of = dict(space.target_of)
+    g = images.request_fields(["star"], None, ["striped"], str(tmp_path / "img"))
+    assert g["anchor_map"]["striped star"] == "checkered cross"  # a folder's template variant
+    assert g["anchor_map"]["an image of a hollow star"] == "an image of a hollow cross"
+
+
+def test_before_request_chooses_targets_and_replaces_an_erased_one(tmp_path):
+    from test_shapes_eval import _tiny_shapes_folder
+
+    from unlearn_fast.shapes_zoo import load_shapes_ddpm
+
+    model, scheduler = load_shapes_ddpm(_tiny_shapes_folder(tmp_path / "model"))
+    settings = _shapes_settings(shapes=ShapesRequestSettings(check_samples=2, target_check="none"),
+                                shapes_eval=ShapesEvalSettings(steps=2))
+    space = ShapesSpace(settings)
+    rec = space.before_request(model, scheduler, ["striped"], [], seed=0)
+    first = rec["targets"]["striped"]
+    assert first in ("solid", "hollow", "dotted", "checkered", "gradient") and set(rec["target_choice"]) == {"striped"}
+    # the next request erases striped's target: striped gets another one, the new concept its own
+    rec = space.before_request(model, scheduler, [first], ["striped"], seed=1)
+    assert set(rec["target_choice"]) == {"striped", first}
+    assert rec["targets"]["striped"] not in (first, "striped") and rec["targets"][first] != "striped"
+    assert ShapesSpace(_shapes_settings(shapes=ShapesRequestSettings(map_to="none"))).before_request(
+        model, scheduler, ["star"], [], 0) == {}

@@ -30,15 +30,18 @@ def scores(evaluator, model, erased: list, original, space=None) -> dict:
 
 def train_request(settings: ContinualSettings, method: str, model_path: str | None, forget: list, out_dir: str, *,
                   steps: int, retain: list | None = None, method_kwargs: dict | None = None, l2_anchor: float = 0.0,
-                  lr: float | None = None, seed: int = 0, overrides: dict | None = None, erased: list = ()):
+                  lr: float | None = None, seed: int = 0, overrides: dict | None = None, erased: list = (),
+                  space=None):
     """Request ``forget`` (digits, or shapes concepts) as a trainer run in ``out_dir``; ``erased``:
-    the requests before it (a shapes request keeps none of their combinations)."""
+    the requests before it (a shapes request keeps none of their combinations); ``space``: the
+    run's request space (``spaces.space_of(settings)`` when None; a shapes space carries the
+    mapping targets chosen so far)."""
     from ..config import TrainConfig
     from ..methods import METHODS
     from ..training import list_checkpoints, train
     from .spaces import space_of
 
-    space = space_of(settings)
+    space = space or space_of(settings)
     fields = space.request_fields(list(forget), retain, list(erased), out_dir)
     extra = {"log_every": steps}
     if method_kwargs is not None:
@@ -63,10 +66,11 @@ def train_request(settings: ContinualSettings, method: str, model_path: str | No
 
 
 def ru_request(settings: ContinualSettings, model_path: str | None, forget: list, out_dir: str, *,
-               steps: int, l2_anchor: float = 0.0, seed: int = 0, erased: list = ()):
+               steps: int, l2_anchor: float = 0.0, seed: int = 0, erased: list = (), space=None):
     """A request of naive / l2 / simultaneous: RU at ``NAIVE_RU`` on ``forget``."""
     return train_request(settings, "ru", model_path, forget, out_dir, steps=steps,
-                         method_kwargs=NAIVE_RU["method_kwargs"], l2_anchor=l2_anchor, seed=seed, erased=erased)
+                         method_kwargs=NAIVE_RU["method_kwargs"], l2_anchor=l2_anchor, seed=seed, erased=erased,
+                         space=space)
 
 
 #: settings that do not change what a request trains
@@ -97,7 +101,7 @@ def finished_request(config):
 
 def train_summary(config) -> dict:
     keep = ("method", "method_kwargs", "forget", "retain", "max_steps", "batch_size", "lr", "seed", "l2_anchor",
-            "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions", "teacher_path")
+            "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions", "teacher_path", "anchor_map")
     return {k: v for k, v in config.to_dict().items() if k in keep}
 
 

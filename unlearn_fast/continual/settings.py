@@ -128,10 +128,17 @@ class ShapesRequestSettings:
     source: Literal["data", "student"] = _help(
         "x_t of the forget terms: noised training samples (data) or sampled from the model being trained "
         "(student, as ESD)", default="data")
+    map_to: Literal["nearest", "none"] = _help(
+        "anchor each forgotten prompt on a mapping target of the concept's kind, the nearest admissible in "
+        "score distance ('a striped star' -> 'a checkered star'; shapes_mapping), or on itself without the "
+        "erased part (none: 'a star')", default="nearest")
+    target_check: Literal["detector", "none"] = _help(
+        "skip a near target whose own samples the shapes detector reads as the concept", default="detector")
+    check_samples: int = _help("samples of each checked candidate target", default=32)
 
     def __post_init__(self):
         check_field_types(self, "shapes.")
-        for name in ("pool_size", "forget_per_combo", "retain_per_combo"):
+        for name in ("pool_size", "forget_per_combo", "retain_per_combo", "check_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"shapes.{name}: expected an int >= 1, got {getattr(self, name)}")
         if self.pool_guidance < 0:

@@ -49,6 +49,9 @@ class DigitSpace:
     def settings_dict(self) -> dict:
         return {}
 
+    def before_request(self, model, scheduler, requests: list, erased: list, seed: int) -> dict:
+        return {}  # a digit's mapping target is the lacu strategy's choice
+
     def evaluator(self, original, scheduler):
         from ..eval.metrics import embedded_evaluator
 
@@ -118,10 +121,18 @@ class DigitSpace:
 
 
 class ShapesSpace:
-    """``shapes``: requests are concepts (an object, a style or a combination), named by many prompts."""
+    """``shapes``: requests are concepts (an object, a style or a combination), named by many prompts.
+
+    With ``shapes.map_to = "nearest"`` each erased concept has a mapping target, a concept of its
+    kind (``shapes_mapping``), chosen on the model the request starts from and chosen again when a
+    later request erases it; a forgotten prompt is anchored on itself with every erased concept it
+    shows swapped for that concept's target ("a striped star" after `striped` -> checkered and
+    `star` -> cross: "a checkered cross")."""
 
     def __init__(self, settings):
         self.settings = settings
+        self.target_of: dict = {}  # erased concept name -> its target ShapeConcept
+        self._detector = None
 
     def requests(self) -> list[str]:
         from ..eval.shapes_metrics import parse_concept
@@ -157,6 +168,47 @@ class ShapesSpace:
         from dataclasses import asdict
 
         return {"shapes": asdict(self.settings.shapes)}
+
+    def _detector_model(self):
+        if self._detector is None:
+            from ..eval.shapes_classifier import load_shapes_detector
+
+            self._detector = load_shapes_detector()
+        return self._detector
+
+    def before_request(self, model, scheduler, requests: list, erased: list, seed: int) -> dict:
+        """Choose the mapping target of each new concept, and again for every earlier concept whose
+        target is now erased; ``{"targets": {concept: target}, "target_choice": {concept: how}}``."""
+        from ..shapes_mapping import candidates, choose_target
+
+        sh = self.settings.shapes
+        if sh.map_to == "none":
+            return {}
+        gone = [self.concept(c) for c in list(erased) + list(requests)]
+        how = {}
+        for name in list(self.target_of) + list(requests):
+            concept = self.concept(name)
+            others = [g for g in gone if g != concept]
+            current = self.target_of.get(name)
+            if current is not None and current in candidates(concept, others):
+                continue
+            choice = choose_target(model, scheduler, concept, erased=others,
+                                   detector=self._detector_model() if sh.target_check == "detector" else None,
+                                   check_samples=sh.check_samples, steps=self.settings.shapes_eval.steps,
+                                   guidance=sh.pool_guidance, seed=seed)
+            self.target_of[name] = choice.target
+            how[name] = choice.summary()
+        return {"targets": {k: v.name for k, v in self.target_of.items()}, "target_choice": how}
+
+    def mapped(self, o: int, s: int, gone: list):
+        """Combination ``(o, s)`` with every erased concept that shows it swapped for its target."""
+        for _ in range(len(gone) + 1):
+            hit = next((c for c in gone if c.contains(o, s) and c.name in self.target_of), None)
+            if hit is None:
+                return o, s
+            t = self.target_of[hit.name]
+            o, s = (t.object if t.object is not None else o), (t.style if t.style is not None else s)
+        raise ValueError(f"targets: the mapping targets form a cycle at ({o}, {s})")  # chosen admissible: never
 
     def evaluator(self, original, scheduler):
         from ..eval.shapes_metrics import shapes_evaluator
@@ -216,6 +268,13 @@ class ShapesSpace:
         kept = [prompt(o, s) for o, s in COMBOS if not any(c.contains(o, s) for c in gone)]
         anchors, erased_anchors = {}, set()
         for c in now:
+            if c.name in self.target_of:  # mapped: each prompt onto the targets of what it shows
+                from ..shapes_mapping import swap
+
+                anchors.update({prompt(o, s): prompt(*self.mapped(o, s, gone)) for o, s in c.combos()})
+                if c.kind != "combo":
+                    anchors[c.prompts()[-1]] = swap(c.prompts()[-1], c, self.target_of[c.name])
+                continue
             for o, s in c.combos():
                 anchors[prompt(o, s)] = combo_anchor(c, o, s)
                 # the anchor names the combination's other part: its style (object erased) or object
@@ -230,12 +289,27 @@ class ShapesSpace:
                                  "concepts at once, use shapes.data = 'pool'")
             forget_dir, retain_dir, folder_anchors = write_concept_folders(  # beside the run, which overwrites
                 out_dir.rstrip("/\\") + "-data", now[0], sh.forget_per_combo, sh.retain_per_combo, exclude=gone)
+            if now[0].name in self.target_of:  # a template variant takes its canonical prompt's target swap
+                folder_anchors = {k: self._variant_anchor(k, now[0], gone) for k in folder_anchors}
             anchors.update(folder_anchors)
             fields.update(data="images", forget_images=forget_dir, retain_images=retain_dir)
         else:
             fields.update(data="pool", pool_size=sh.pool_size, pool_guidance=sh.pool_guidance, pool_steps=20)
         fields["anchor_map"] = {k: v for k, v in anchors.items() if v not in erased_anchors}
         return fields
+
+    def _variant_anchor(self, text: str, concept, gone: list) -> str:
+        """A folder prompt's anchor: its words of the combination swapped as :meth:`mapped` swaps them."""
+        import re
+
+        from ..data.shapes import OBJECTS, STYLES
+
+        words = text.split()
+        o = next(OBJECTS.index(w) for w in words if w in OBJECTS)
+        s = next(STYLES.index(w) for w in words if w in STYLES)
+        mo, ms = self.mapped(o, s, gone)
+        text = re.sub(rf"\b{OBJECTS[o]}\b", OBJECTS[mo], text)
+        return re.sub(rf"\b{STYLES[s]}\b", STYLES[ms], text)
 
     def method_kwargs(self, method: str, kwargs: dict) -> dict:
         """A shapes request's kwargs: ``demo_shapes.SHAPES_METHOD_KWARGS`` under the caller's."""

@@ -85,7 +85,9 @@ class PerRequest(Strategy):
         steps_out = []
         for n, request in enumerate(ctx.space.requests(), start=1):
             out_dir = os.path.join(ctx.root, f"step{n:02d}")
+            chosen = ctx.space.before_request(ctx.model, ctx.scheduler, [request], list(ctx.erased), s.seed + n - 1)
             result, seconds, config, extra = self.train(ctx, n, request, out_dir, s.seed + n - 1)
+            extra = {**chosen, **extra}
             ctx.erased.append(request)
             ctx.model, ctx.path = result.model, result.final_dir
             t0 = time.perf_counter()
@@ -107,7 +109,8 @@ class Naive(PerRequest):
     def train(self, ctx, n, request, out_dir, seed):
         s = self.settings
         result, seconds, config = ru_request(s, ctx.path, [request], out_dir, steps=s.steps,
-                                             l2_anchor=self.anchor(), seed=seed, erased=list(ctx.erased))
+                                             l2_anchor=self.anchor(), seed=seed, erased=list(ctx.erased),
+                                             space=ctx.space)
         return result, seconds, config, {}
 
 
@@ -190,7 +193,7 @@ class Lacu(PerRequest):
         result, seconds, config = train_request(
             s, self.method, ctx.path, [request], out_dir, steps=s.steps, retain=rec["replayed"],
             method_kwargs=self.method_kwargs(request, remapped), l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
-            overrides=self.overrides(ctx))
+            overrides=self.overrides(ctx), space=ctx.space)
         return result, seconds, config, rec
 
 
@@ -247,10 +250,11 @@ class Simultaneous(Strategy):
         s = self.settings
         seq = ctx.space.requests()
         n_steps = s.simultaneous_steps or s.steps * len(seq)
+        chosen = ctx.space.before_request(ctx.original, ctx.scheduler, seq, [], s.seed)
         result, seconds, config = ru_request(s, s.model_path, seq, os.path.join(ctx.root, "all"),
-                                             steps=n_steps, seed=s.seed)
+                                             steps=n_steps, seed=s.seed, space=ctx.space)
         t0 = time.perf_counter()
-        rec = {"step": len(seq), "request": seq, "erased": seq,
+        rec = {"step": len(seq), "request": seq, "erased": seq, **chosen,
                **scores(ctx.evaluator, result.model, seq, ctx.original, ctx.space), "train_seconds": round(seconds, 1),
                "eval_seconds": round(time.perf_counter() - t0, 1), "train": train_summary(config),
                "model_dir": result.final_dir}
