@@ -54,13 +54,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--map-to", default="none", help="the demo's --map-to: none (here the default, as the runs "
                     "before it: each prompt without the erased part), nearest, or a concept of the concept's kind "
                     "('a striped star' -> 'a checkered star', 'something striped' -> 'something checkered')")
+    ap.add_argument("--data", default="images", choices=["images", "pool"],
+                    help="the demo's --shapes-data (here images by default, as the runs before it; --extra can "
+                         "set the data fields too)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model-path", default=SHAPES_DDPM_DIR)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     concept = parse_concept(a.concept)
     settings = DemoSettings(model="shapes", forget=[a.concept], method=a.method, steps=a.steps, lr=a.lr, out=a.out,
-                            map_to=a.map_to)
+                            map_to=a.map_to, shapes_data=a.data)
     defaults = copy.deepcopy(DEMO_METHOD_DEFAULTS[a.method])
     defaults.setdefault("method_kwargs", {}).update(json.loads(a.kw))
     extra = json.loads(a.extra)

@@ -126,7 +126,7 @@ def test_shapes_demo_runs_end_to_end_and_writes_report_and_grid(tmp_path, capsys
 
     folder = _tiny_shapes_folder(tmp_path / "model")
     settings = DemoSettings(forget=["hollow star"], model="shapes", steps=2, batch_size=4, out=str(tmp_path / "out"),
-                            model_path=folder, forget_per_combo=4, retain_per_combo=1,
+                            model_path=folder, forget_per_combo=4, retain_per_combo=1, shapes_data="images",
                             shapes_eval=ShapesEvalSettings(per_combo=1, min_concept=4, steps=2, kl_draws=1,
                                                            paraphrase_samples=3))
     report = run_demo(settings)
@@ -246,8 +246,9 @@ def test_quality_bench_compares_methods_on_a_shapes_concept(tmp_path):
     for r in rows:
         for key in ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original"):
             assert isinstance(r[key], float), (r["method"], key)
-    forget_rows = (tmp_path / "runs" / "striped" / "ru" / "data" / "forget" / "metadata.jsonl").read_text()
-    assert "striped" in forget_rows
+    config = json.loads((tmp_path / "runs" / "striped" / "ru" / "run" / "config.json").read_text())
+    assert config["data"] == "pool" and "a striped star" in config["forget"]  # as the demo trains
+    assert not any("striped" in v for v in config["anchor_map"].values())  # mapped onto another style
     data = {"model": "shapes", "before": before, "methods": rows, "date": "2026-12-04", "eval": ev, "steps": 2,
             "forget": "striped", "probe_every": 10, "threads": 1, "command": "python bench/quality.py --model shapes"}
     table = quality.render(data, str(tmp_path))

@@ -42,7 +42,7 @@ def test_a_mapped_run_anchors_every_forget_prompt_on_the_target(tmp_path):
 
     concept, target = parse_concept("striped"), parse_concept("checkered")
     settings = DemoSettings(model="shapes", forget=["striped"], out=str(tmp_path), forget_per_combo=4,
-                            retain_per_combo=1)
+                            retain_per_combo=1, shapes_data="images")
     (tmp_path / "model").mkdir()
     config = shapes_train_config(settings, concept, DEMO_METHOD_DEFAULTS["ru"], str(tmp_path / "model"),
                                  target=target)
@@ -50,6 +50,15 @@ def test_a_mapped_run_anchors_every_forget_prompt_on_the_target(tmp_path):
     assert config.anchor_map["something striped"] == "something checkered"
     assert config.anchor_map["striped star"] == "checkered star"  # a folder's template variant
     assert all("striped" not in v for v in config.anchor_map.values())
+    pool = shapes_train_config(DemoSettings(model="shapes", forget=["striped"], out=str(tmp_path / "p")), concept,
+                               DEMO_METHOD_DEFAULTS["ru"], str(tmp_path / "model"), target=target)
+    assert (pool.data, pool.pool_size, pool.pool_guidance, pool.forget_images) == ("pool", 16, 2.0, None)
+    assert set(pool.anchor_map) == set(pool.forget) and pool.anchor_map["a striped star"] == "a checkered star"
+    assert not (tmp_path / "p" / "data").exists()  # no image folders for a pool run
+    plain = shapes_train_config(DemoSettings(model="shapes", forget=["striped"], out=str(tmp_path / "q"),
+                                             map_to="none"), concept, DEMO_METHOD_DEFAULTS["ru"],
+                                str(tmp_path / "model"))
+    assert plain.anchor_map["a striped star"] == "a star"  # map_to none: the prompt without the erased part
     assert mapped_anchors(concept, target, ["a striped star", "a striped star"]) == {
         "a striped star": "a checkered star"}
 
@@ -68,15 +77,16 @@ def test_resolve_target_names_the_setting(tmp_path):
         resolve_target(s("sparkly"), concept, None, None)
 
 
-class _Always(torch.nn.Module):
-    """A detector that reads every image as object ``o`` and style ``s``."""
+class _Reads(torch.nn.Module):
+    """A detector whose style head reads the i-th image of every call as ``styles[i % len]``."""
 
-    def __init__(self, o, s):
+    def __init__(self, styles):
         super().__init__()
-        self.o, self.s, self.w = o, s, torch.nn.Parameter(torch.zeros(1))
+        self.styles, self.w = list(styles), torch.nn.Parameter(torch.zeros(1))
 
     def predict(self, x):
-        return torch.full((len(x),), self.o), torch.full((len(x),), self.s)
+        s = torch.tensor([self.styles[i % len(self.styles)] for i in range(len(x))])
+        return torch.zeros(len(x), dtype=torch.long), s
 
 
 def test_choose_target_takes_the_nearest_admissible_and_checks_it():
@@ -100,13 +110,18 @@ def test_choose_target_takes_the_nearest_admissible_and_checks_it():
     plain = choose_target(model, scheduler, concept, **kw)
     assert set(plain.distances) == {"solid", "hollow", "checkered", "gradient"} and not plain.confusion
     assert plain.target.name == min(plain.distances, key=plain.distances.get)
-    # a detector that reads everything as striped: every checked candidate is confused; the least is taken
-    confused = choose_target(model, scheduler, concept, detector=_Always(0, STRIPED), checked=2, **kw)
-    assert len(confused.confusion) == 2 and set(confused.confusion.values()) == {1.0}
-    assert confused.target.name == sorted(plain.distances, key=plain.distances.get)[0]
-    # one that never does: the nearest passes its check
-    clean = choose_target(model, scheduler, concept, detector=_Always(0, 0), **kw)
-    assert clean.target == plain.target and list(clean.confusion.values()) == [0.0]
+    # no candidate read as itself (everything reads as the erased dotted): equal reliability, the nearest wins
+    near = choose_target(model, scheduler, concept, detector=_Reads([STYLES.index("dotted")]), **kw)
+    assert near.target == plain.target and set(near.reliability.values()) == {0.0}
+    # a detector that reads every sample as striped: all are confused; the least confused (all equal) is kept
+    confused = choose_target(model, scheduler, concept, detector=_Reads([STRIPED]), **kw)
+    assert set(confused.confusion.values()) == {1.0} and confused.target == plain.target
+    # the reliable one wins over the nearest: only checkered's samples are read as checkered
+    checkered = STYLES.index("checkered")
+    reliable = choose_target(model, scheduler, concept, detector=_Reads([checkered]), **kw)
+    assert reliable.target.name == "checkered" and reliable.reliability["checkered"] == 1.0
+    assert reliable.reliability["solid"] == 0.0 and set(reliable.summary()) == {"target", "distances", "reliability",
+                                                                                "confusion"}
     assert TargetChoice(concept).summary()["target"] == "striped"
     with pytest.raises(ValueError, match="^forget: no admissible mapping target for 'star'"):
         choose_target(model, scheduler, parse_concept("star"),

@@ -153,6 +153,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval-cache", dest="eval_cache", action="store_false",
                         help="--model shapes: evaluate the original model again instead of reading its evaluation "
                              "from the cache ($UNLEARN_FAST_CACHE, default ~/.cache/unlearn_fast)")
+    parser.add_argument("--shapes-data", default="pool", choices=["pool", "images"],
+                        help="--model shapes: training samples: the frozen model's own, 16 per prompt (pool, "
+                             "default), or the benchmark's generated images (images)")
     parser.add_argument("--map-to", default="nearest",
                         help="--model shapes: anchor the concept's prompts on this concept of its kind ('a striped "
                              "star' -> 'a dotted star'): nearest (default: the nearest in score distance that the "
@@ -165,7 +168,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(forget=args.forget, method=args.method, model=args.model, seed=args.seed, out=args.out,
                             report=args.report, threads=args.threads,
-                            adversarial=args.adversarial, eval_cache=args.eval_cache, map_to=args.map_to)
+                            adversarial=args.adversarial, eval_cache=args.eval_cache, map_to=args.map_to,
+                            shapes_data=args.shapes_data)
     if args.steps is not None:
         settings.steps = args.steps
     if args.per_class is not None:

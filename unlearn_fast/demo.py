@@ -87,6 +87,7 @@ class DemoSettings:
     forget_per_combo: int = 32  # --model shapes: training images per combination showing the concept
     retain_per_combo: int = 8  # --model shapes: training images per other combination
     eval_cache: bool = True  # --model shapes: the original model's evaluation read back once computed (eval/cache.py)
+    shapes_data: str = "pool"  # --model shapes: training samples, the frozen model's (pool) or generated images
     map_to: str = "nearest"  # --model shapes: the concept's mapping target: nearest, none or a concept (demo_shapes)
     adversarial: bool = False  # train under an inner inversion attack's conditioning too (methods.adversarial)
 

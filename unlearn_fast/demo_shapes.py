@@ -8,11 +8,13 @@ unlearns the concept with the chosen method through the trainer, evaluates again
 the report (``before``/``after``) and a PNG grid: a row per object (the concept's kind: a
 row per style when a style is erased), samples before | the same seeds after.
 
-Training data are the benchmark's own generated images (the model was trained on them, as
-the class demo trains on MNIST): ``OUT/data/forget`` holds ``forget_per_combo`` images of
-every combination that shows the concept with their prompts (and, for an object or a style,
-the object's or style's own prompt), ``OUT/data/retain`` ``retain_per_combo`` of every other
-combination, both in the imagefolder layout with ``metadata.jsonl``.
+Training data (``shapes_data``): ``pool`` (default, ``SHAPES_POOL``), samples of the frozen model
+for every forget and retain prompt; or ``images``, the benchmark's own generated images:
+``OUT/data/forget`` holds ``forget_per_combo`` images of every combination that shows the
+concept with their prompts (and, for an object or a style, the object's or style's own
+prompt), ``OUT/data/retain`` ``retain_per_combo`` of every other combination, both in the
+imagefolder layout with ``metadata.jsonl``. Each forget prompt is anchored on its mapping
+target's prompt (``map_to``, ``shapes_mapping``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ SHAPES_METRICS = ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original")
 #: style by 25: 3 templates x 8 objects and its own), which RU treats as one concept with one dual
 #: (``shared_dual``) instead of 25 duals whose capped sum leaves the forget rows 5% of their weight
 SHAPES_METHOD_KWARGS = {"ru": {"shared_dual": True}}
+
+
+#: the training samples of ``shapes_data = "pool"``: samples of the frozen model, 16 per forget and
+#: retain prompt, drawn as the evaluator draws (DDIM 20, guidance 2): erasing on forward-noised
+#: training images moves the model little where it samples (its samples are desaturated against
+#: the generator's colours; bench/results/acceptance/shapes/tuning.md)
+SHAPES_POOL = dict(data="pool", pool_size=16, pool_steps=20, pool_guidance=2.0)
 
 
 def combo_anchor(concept, o: int, s: int) -> str:
@@ -111,7 +120,11 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("samples", "sample_combo")}
 
 
-def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str, target=None,
+#: ``shapes_train_config``'s default ``target``: resolve ``settings.map_to`` on the model at ``model_dir``
+FROM_SETTINGS = "from settings"
+
+
+def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str, target=FROM_SETTINGS,
                         **extra) -> TrainConfig:
     """The trainer's run that erases ``concept`` from the shapes model at ``model_dir``: the demo's
     steps, batch, learning rate and seed from ``settings``, the method's constants, its image folders
@@ -119,9 +132,22 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
     TrainConfig fields, or ones that replace these). ``SHAPES_METHOD_KWARGS`` of the method go under
     the given method kwargs. ``target``: a concept of the same kind whose prompts anchor the
     concept's (``shapes_mapping.mapped_anchors``); None: each combination prompt's anchor is itself
-    without the erased part (:func:`combo_anchor`)."""
-    forget_dir, retain_dir, anchors = write_concept_folders(settings.out, concept, settings.forget_per_combo,
-                                                   settings.retain_per_combo)
+    without the erased part (:func:`combo_anchor`); by default ``settings.map_to`` resolved on the
+    model at ``model_dir`` (:func:`resolve_target`)."""
+    if target == FROM_SETTINGS:
+        from .shapes_zoo import load_shapes_ddpm
+
+        choice = resolve_target(settings, concept, *load_shapes_ddpm(model_dir)) if settings.map_to != "none" else None
+        target = choice.target if choice is not None else None
+    if settings.shapes_data == "images":
+        forget_dir, retain_dir, anchors = write_concept_folders(settings.out, concept, settings.forget_per_combo,
+                                                                settings.retain_per_combo)
+        data = dict(data="images", forget_images=forget_dir, retain_images=retain_dir)
+    elif settings.shapes_data == "pool":
+        anchors = {prompt(o, s): combo_anchor(concept, o, s) for o, s in concept.combos()}
+        data = dict(SHAPES_POOL)
+    else:
+        raise ValueError(f"shapes_data: expected 'pool' or 'images', got {settings.shapes_data!r}")
     if target is not None:
         from .shapes_mapping import mapped_anchors
 
@@ -129,9 +155,9 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
     retain_prompts = [prompt(o, s) for o, s in COMBOS if not concept.contains(o, s)]
     fields = dict(
         method=settings.method, max_steps=settings.steps, model="text", model_path=model_dir,
-        forget=concept.prompts(), retain=retain_prompts, data="images", forget_images=forget_dir,
-        retain_images=retain_dir, anchor_map=anchors, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-        output_dir=os.path.join(settings.out, "run"), overwrite=True, checkpoint_every=0,
+        forget=concept.prompts(), retain=retain_prompts, anchor_map=anchors, batch_size=settings.batch_size,
+        lr=settings.lr, seed=settings.seed, output_dir=os.path.join(settings.out, "run"), overwrite=True,
+        checkpoint_every=0, **data,
     )
     merged = {**fields, **method_defaults, **extra}
     merged["method_kwargs"] = {**SHAPES_METHOD_KWARGS.get(merged["method"], {}), **merged.get("method_kwargs", {})}
@@ -220,7 +246,9 @@ def run_shapes_demo(settings, method_defaults: dict) -> dict:
             "model": model_dir, "forget_prompts": concept.prompts(),
             "train": {k: v for k, v in vars(config).items() if k in (
                 "method", "method_kwargs", "max_steps", "batch_size", "lr", "seed", "data")},
-            "data": {"forget_per_combo": settings.forget_per_combo, "retain_per_combo": settings.retain_per_combo},
+            "data": {"shapes_data": settings.shapes_data, "forget_per_combo": settings.forget_per_combo,
+                     "retain_per_combo": settings.retain_per_combo},
+            "map_to": settings.map_to,
             "eval": evaluator.settings_dict(), "threads": torch.get_num_threads(),
         },
         "model_dir": result.final_dir, "grid": grid,

@@ -6,13 +6,14 @@ Anchoring on a *target* concept of the same kind ("a striped star" -> "a checker
 "something striped" -> "something checkered") gives every forgotten prompt a definite
 replacement, as LACU maps a forgotten class onto its nearest class (``docs/continual.md``).
 
-The target is the candidate nearest to the concept in score distance (``continual.distance``:
-``mean (eps(x_t, a) - eps(x_t, b))^2`` over shared draws of noised images of the concept),
-averaged over paired prompts ("a striped o" against "a checkered o" for every object o; a
-combination against one prompt). Admissible: not erased (``erased``), and, with a detector
-(``eval.shapes_classifier.load_shapes_detector``, never the evaluator), not a candidate whose own
-samples the detector reads as the concept more than ``max_confusion`` of the time: those
-samples would carry the concept into the erased prompts.
+Candidates: the other concepts of the kind that are not erased (``erased``). With a detector
+(``eval.shapes_classifier.load_shapes_detector``, never the evaluator) each candidate's own
+samples are read: a candidate whose samples show the concept more than ``max_confusion`` of
+the time is skipped (they would carry the concept into the erased prompts), and of the rest the
+target is the one the model draws most reliably (read as itself), the nearest in score
+distance among equals (``continual.distance``: ``mean (eps(x_t, a) - eps(x_t, b))^2`` over
+shared draws of noised images of the concept, averaged over paired prompts, "a striped o"
+against "a checkered o" for every object o). Without a detector, the nearest.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ class TargetChoice:
 
     target: ShapeConcept
     distances: dict = field(default_factory=dict)  # candidate name -> score distance
-    confusion: dict = field(default_factory=dict)  # checked candidate name -> detector rate
+    reliability: dict = field(default_factory=dict)  # candidate name -> share of its samples read as itself
+    confusion: dict = field(default_factory=dict)  # candidate name -> share of its samples read as the concept
 
     def summary(self) -> dict:
-        return {"target": self.target.name, "distances": self.distances, "confusion": self.confusion}
+        return {"target": self.target.name, "distances": self.distances, "reliability": self.reliability,
+                "confusion": self.confusion}
 
 
 @torch.no_grad()
@@ -116,10 +119,10 @@ def concept_distances(model, scheduler, concept: ShapeConcept, pool: Sequence[Sh
 
 
 @torch.no_grad()
-def confusion_rate(model, scheduler, detector, concept: ShapeConcept, target: ShapeConcept, *,
-                   samples: int, steps: int, guidance: float, seed: int = 0,
-                   erased: Sequence[ShapeConcept] = ()) -> float:
-    """Share of the target's samples (its paired prompts, cycled) the detector reads as the concept."""
+def detector_reads(model, scheduler, detector, concept: ShapeConcept, target: ShapeConcept, *, samples: int,
+                   steps: int, guidance: float, seed: int = 0, erased: Sequence[ShapeConcept] = ()) -> tuple:
+    """``(reliability, confusion)`` of a candidate target from ``samples`` of its samples (its paired
+    prompts, cycled): the share the detector reads as the target itself, and as the concept."""
     from .sampling import sample
 
     pairs = paired_prompts(concept, target, erased)
@@ -131,17 +134,24 @@ def confusion_rate(model, scheduler, detector, concept: ShapeConcept, target: Sh
                     generator=g).clamp(-1, 1)
     po, ps = detector.predict(images.to(next(detector.parameters()).device))
     po, ps = po.cpu(), ps.cpu()
-    shown = {"object": po == concept.object, "style": ps == concept.style,
-             "combo": (po == concept.object) & (ps == concept.style)}[concept.kind]
-    return float(shown.double().mean())
+
+    def shows(c: ShapeConcept) -> torch.Tensor:
+        return {"object": po == c.object, "style": ps == c.style, "combo": (po == c.object) & (ps == c.style)}[c.kind]
+
+    return float(shows(target).double().mean()), float(shows(concept).double().mean())
 
 
 def choose_target(model, scheduler, concept: ShapeConcept, *, erased: Sequence[ShapeConcept] = (), detector=None,
-                  draws: int = 32, check_samples: int = 32, checked: int = 2, max_confusion: float = 0.05,
-                  steps: int = 20, guidance: float = 2.0, seed: int = 0) -> TargetChoice:
-    """The nearest admissible candidate (see the module docstring); with ``detector``, the nearest of
-    the ``checked`` nearest whose confusion rate is at most ``max_confusion`` (the least confused of
-    them when none is)."""
+                  draws: int = 32, check_samples: int = 16, max_confusion: float = 0.05, steps: int = 20,
+                  guidance: float = 2.0, seed: int = 0) -> TargetChoice:
+    """The mapping target of ``concept`` (see the module docstring). Without a detector: the
+    admissible candidate nearest in score distance. With one: every candidate's samples are read
+    by the detector, and the target is the candidate the model draws most reliably (the share
+    read as itself, counted in samples), the nearest among equals, of those whose samples show
+    the concept at most ``max_confusion`` of the time (the least confused when none does). A
+    target the model confuses with a retained concept spreads that confusion: mapping `striped`
+    onto the nearest style, `gradient`, which the model mixes up with `solid`, cost solid 13
+    points of accuracy (bench/results/acceptance/shapes/tuning.md)."""
     pool = candidates(concept, erased)
     if not pool:
         raise ValueError(f"forget: no admissible mapping target for {concept.name!r} (every candidate is erased)")
@@ -149,17 +159,16 @@ def choose_target(model, scheduler, concept: ShapeConcept, *, erased: Sequence[S
     if not d:
         raise ValueError(f"forget: no admissible mapping target for {concept.name!r} (every candidate's prompts "
                          f"show an erased concept)")
-    order = sorted(d, key=d.get)
     by_name = {c.name: c for c in pool}
-    choice = TargetChoice(by_name[order[0]], distances=d)
+    choice = TargetChoice(by_name[min(d, key=d.get)], distances=d)
     if detector is None:
         return choice
-    for name in order[:checked]:
-        choice.confusion[name] = confusion_rate(model, scheduler, detector, concept, by_name[name],
-                                                samples=check_samples, steps=steps, guidance=guidance, seed=seed,
-                                                erased=erased)
-        if choice.confusion[name] <= max_confusion:
-            choice.target = by_name[name]
-            return choice
-    choice.target = by_name[min(choice.confusion, key=choice.confusion.get)]
+    for name in d:
+        choice.reliability[name], choice.confusion[name] = detector_reads(
+            model, scheduler, detector, concept, by_name[name], samples=check_samples, steps=steps,
+            guidance=guidance, seed=seed, erased=erased)
+    clean = [n for n in d if choice.confusion[n] <= max_confusion] or [
+        min(d, key=lambda n: (choice.confusion[n], d[n]))]
+    best = max(clean, key=lambda n: (round(choice.reliability[n] * check_samples), -d[n]))
+    choice.target = by_name[best]
     return choice

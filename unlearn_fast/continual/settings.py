@@ -134,7 +134,7 @@ class ShapesRequestSettings:
         "erased part (none: 'a star')", default="nearest")
     target_check: Literal["detector", "none"] = _help(
         "skip a near target whose own samples the shapes detector reads as the concept", default="detector")
-    check_samples: int = _help("samples of each checked candidate target", default=32)
+    check_samples: int = _help("samples of each candidate target the detector reads", default=16)
 
     def __post_init__(self):
         check_field_types(self, "shapes.")
