@@ -361,6 +361,29 @@ def test_constrained_lacu_calibrates_unknown_bounds_then_keeps_them():
         ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4], remapped_targets=[2], init_lambdas=-1)
 
 
+def test_constrained_lacu_groups_several_conditions_into_one_constraint():
+    """A concept named by several prompts (the shapes model): its conditions share one dual and
+    one bound, their rows pooled in one estimate; metrics and bounds go by label."""
+    from unlearn_fast.methods import ConstrainedLACU
+
+    method = ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                             remapped_groups=["striped", "striped"], forget_groups=["star"], bounds=[1.0],
+                             dual_lr=0.5, ema=1.0, init_lambdas=1.0, calibration_steps=1)
+    assert method.duals.n == 1 and method.group_labels == ["striped"]
+    # the batch has three rows of 4 and one of 5: the pooled estimate is their mean
+    _clacu_update(method, {4: 3.0, 5: 1.0, 0: 0.7})
+    assert float(method.duals.lambdas[0]) == pytest.approx(1.0 + 0.5 * ((3 * 3.0 + 1.0) / 4 - 1))
+    m = method.metrics()
+    assert m["clacu/bound[striped]"] == 1.0 and m["clacu/mapping[star]"] == pytest.approx(0.7)
+    assert "clacu/lambda[4]" not in m
+    with pytest.raises(ValueError, match=r"^remapped_groups: expected one label per condition \(2\), got 1"):
+        ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                        remapped_groups=["striped"])
+    with pytest.raises(ValueError, match=r"^bounds: expected one bound \(or null\) per constraint \(1: \['s'\]\)"):
+        ConstrainedLACU([0], num_conditions=N_COND, targets=[3], remapped=[4, 5], remapped_targets=[2, 2],
+                        remapped_groups=["s", "s"], bounds=[1.0, 2.0])
+
+
 def test_lacu_is_registered_and_checks_its_arguments():
     assert METHODS["lacu"] is LocalityAwareContinualUnlearning
     with pytest.raises(ValueError, match="one mapping target per forget"):

@@ -62,13 +62,13 @@ def _shapes_settings(**kw):
 def test_shapes_settings_parse_concepts_and_name_what_is_wrong():
     s = _shapes_settings(sequence=["a striped star", "heart", "dotted"], methods=[])
     assert ShapesSpace(s).requests() == ["striped star", "heart", "dotted"]
-    assert s.methods == ["l2"]  # the default method cannot train concepts; its fallback can
+    assert s.methods == ["constrained"]  # the default method
     with pytest.raises(ConfigError, match=r"^sequence: expected an object \(circle.*got 'sparkly'"):
         _shapes_settings(sequence=["striped", "sparkly"])
     with pytest.raises(ConfigError, match="^sequence: a concept is requested twice"):
         _shapes_settings(sequence=["striped star", "a striped star"])
-    with pytest.raises(ConfigError, match="^method: lacu, constrained cannot run on the shapes model"):
-        _shapes_settings(methods=["lacu", "naive", "constrained"])
+    with pytest.raises(ConfigError, match="^shapes.map_to: lacu, constrained map every erased concept onto a target"):
+        _shapes_settings(methods=["lacu", "naive", "constrained"], shapes=ShapesRequestSettings(map_to="none"))
     with pytest.raises(ConfigError, match=r"^sequence: the class model's requests are digits"):
         ContinualSettings(model="class", sequence=["striped"])
     with pytest.raises(ConfigError, match="^shapes.pool_size: expected an int >= 1"):
@@ -104,7 +104,8 @@ def test_shapes_continual_runs_end_to_end(tmp_path):
 
     folder = _tiny_shapes_folder(tmp_path / "model")
     settings = ContinualSettings(
-        model="shapes", model_path=folder, sequence=["hollow star", "circle"], methods=["naive", "simultaneous"],
+        model="shapes", model_path=folder, sequence=["hollow star", "circle"],
+        methods=["naive", "simultaneous", "constrained"],
         steps=2, batch_size=4, out=str(tmp_path / "out"), threads=1, shapes=ShapesRequestSettings(pool_size=1),
         shapes_eval=ShapesEvalSettings(per_combo=1, min_concept=4, steps=2, kl_draws=1, paraphrase_samples=0))
     report = run_continual(settings, log=lambda *_: None)
@@ -121,7 +122,15 @@ def test_shapes_continual_runs_end_to_end(tmp_path):
     assert set(steps[1]["targets"]) == {"hollow star", "circle"}  # each erased concept's mapping target
     assert on_disk["methods"]["simultaneous"]["steps"][0]["targets"].keys() == {"hollow star", "circle"}
     assert len(on_disk["methods"]["simultaneous"]["steps"]) == 1
-    acc = acceptance(report)
+    constrained = on_disk["methods"]["constrained"]["steps"]
+    second = constrained[1]["train"]["method_kwargs"]
+    # the earlier concept's prompt, remapped onto its target, is one constraint with its own dual
+    assert second["remapped"] == ["a hollow star"] and second["remapped_groups"] == ["hollow star"]
+    assert second["forget_groups"] == ["circle"] * len(parse_concept("circle").prompts())
+    assert "a hollow star" in constrained[1]["train"]["retain"]  # replayed: its samples carry the concept
+    assert any(k == "clacu/lambda[hollow star]" for k in constrained[1]["duals"])
+    assert set(constrained[1]["bounds"]) == {"hollow star", "circle"}
+    acc = acceptance(report, method="naive")
     assert acc["method"] == "naive" and {"ira_ok", "cra_ok", "original_ira"} <= set(acc["steps"][0])
     table = markdown_table(report)
     assert "| IRA | CRA |" in table and "at least 4 per erased concept" in table

@@ -195,6 +195,11 @@ class ContinualSettings:
             raise ConfigError(str(e)) from None
         if len(set(requests)) != len(requests):
             raise ConfigError(f"sequence: a condition is requested twice: {self.sequence}")
+        if self.model == "shapes" and self.shapes.map_to == "none":
+            mapped = [m for m in self.methods if STRATEGIES[m].maps_targets]
+            if mapped:
+                raise ConfigError(f"shapes.map_to: {', '.join(mapped)} map every erased concept onto a target; "
+                                  f"'none' leaves them without one (use 'nearest')")
         unfit = [m for m in self.methods if self.model not in STRATEGIES[m].models]
         if unfit:
             raise ConfigError(f"method: {', '.join(unfit)} cannot run on the {self.model} model (they choose "

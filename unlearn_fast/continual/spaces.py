@@ -52,6 +52,17 @@ class DigitSpace:
     def before_request(self, model, scheduler, requests: list, erased: list, seed: int) -> dict:
         return {}  # a digit's mapping target is the lacu strategy's choice
 
+    def lacu_plan(self, strategy, ctx, n: int, request) -> dict:
+        """LACU's plan of request ``n``: target and replay by score distance (``strategy.plan``)."""
+        return strategy.plan(ctx, n, request)
+
+    def lacu_data(self, lacu, erased: list) -> dict:
+        """The training data of a lacu request: ``lacu.data``; the earlier erasures' replay on
+        their real images (``lacu.erased_data = "mnist"``, class model)."""
+        mnist = lacu.erased_data == "mnist" and self.settings.model == "class"
+        return dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
+                    mnist_conditions=[str(e) for e in erased] if mnist else [])
+
     def evaluator(self, original, scheduler):
         from ..eval.metrics import embedded_evaluator
 
@@ -199,6 +210,48 @@ class ShapesSpace:
             self.target_of[name] = choice.target
             how[name] = choice.summary()
         return {"targets": {k: v.name for k, v in self.target_of.items()}, "target_choice": how}
+
+    def lacu_plan(self, strategy, ctx, n: int, request) -> dict:
+        """LACU on concepts: every prompt of the request mapped onto its target prompt (the
+        composition of the erased concepts' targets, as the anchors of :meth:`request_fields`);
+        every earlier concept's prompts remapped the same way, one constraint per concept
+        (``groups``); replay: the canonical prompt of every combination no concept shows, and the
+        remapped prompts (their samples carry the concept the mapping keeps away)."""
+        from ..data.shapes import prompt
+        from ..eval.shapes_metrics import COMBOS
+
+        gone = [self.concept(c) for c in list(ctx.erased) + [request]]
+        concept = self.concept(request)
+        forget = concept.prompts()
+        lacu = self.settings.lacu
+        remapped, remapped_targets, groups = [], [], []
+        if lacu.replay_erased and lacu.remap_erased:
+            for e in ctx.erased:
+                for p in self.concept(e).prompts():
+                    if p not in forget and p not in remapped:
+                        remapped.append(p)
+                        remapped_targets.append(self._target_prompt(p, self.concept(e), gone))
+                        groups.append(str(e))
+        kept = [prompt(o, s) for o, s in COMBOS if not any(g.contains(o, s) for g in gone)]
+        rec = dict(target=self.target_of[request].name, remapped={e: self.target_of[e].name for e in ctx.erased},
+                   replayed=len(kept) + len(remapped))
+        return dict(record=rec, retain=kept + remapped, targets=[self._target_prompt(p, concept, gone) for p in forget],
+                    remapped=remapped, remapped_targets=remapped_targets, labels=groups, groups=groups,
+                    forget_groups=[str(request)] * len(forget))
+
+    def _target_prompt(self, text: str, concept, gone: list) -> str:
+        """The prompt ``text`` of ``concept`` maps onto: its combination's mapped combination, or the
+        concept's own prompt with the concept swapped for its target."""
+        from ..data.shapes import prompt
+        from ..shapes_mapping import swap
+
+        for o, s in concept.combos():
+            if text == prompt(o, s):
+                return prompt(*self.mapped(o, s, gone))
+        return swap(text, concept, self.target_of[concept.name])
+
+    def lacu_data(self, lacu, erased: list) -> dict:
+        return {}  # request_fields gives the shapes data (settings.shapes)
 
     def mapped(self, o: int, s: int, gone: list):
         """Combination ``(o, s)`` with every erased concept that shows it swapped for its target."""

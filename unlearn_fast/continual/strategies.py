@@ -64,6 +64,8 @@ class Strategy:
     name = "strategy"
     #: the model kinds whose requests the strategy can train
     models = ("class", "text", "shapes")
+    #: whether it maps each erased condition onto a target (needs one on every model kind)
+    maps_targets = False
 
     def __init__(self, settings: ContinualSettings):
         self.settings = settings
@@ -127,7 +129,7 @@ class Lacu(PerRequest):
 
     name = "lacu"
     method = "lacu"
-    models = ("class", "text")  # mapping targets and replay are chosen among digits
+    maps_targets = True
 
     def __init__(self, settings: ContinualSettings):
         super().__init__(settings)
@@ -171,29 +173,36 @@ class Lacu(PerRequest):
             rec["target_confusion"] = {str(c): r for c, r in confusion.rates(request).items()}
         return rec
 
-    def method_kwargs(self, request: int, remapped: list[int]) -> dict:
+    def plan(self, ctx: SequenceContext, n: int, request) -> dict:
+        """What request ``n`` trains (the digits' plan; ``spaces.DigitSpace.lacu_plan``): the record,
+        the replayed conditions, the mapping targets, the remapped earlier erasures and their targets,
+        the constraint labels (each earlier erasure, by its id)."""
+        rec = self.select(ctx, n, request)
+        remapped = [int(e) for e in rec["remapped"]]
+        return dict(record=rec, retain=rec["replayed"], targets=[self.target_of[request]], remapped=remapped,
+                    remapped_targets=[self.target_of[e] for e in remapped], labels=remapped)
+
+    def method_kwargs(self, plan: dict) -> dict:
         lacu = self.settings.lacu
-        return dict(targets=[self.target_of[request]], lam_unl=lacu.lam_unl, lam_pres=lacu.lam_pres,
-                    target_share=lacu.target_share, eta=lacu.eta, remapped=list(remapped),
-                    remapped_targets=[self.target_of[e] for e in remapped])
+        return dict(targets=list(plan["targets"]), lam_unl=lacu.lam_unl, lam_pres=lacu.lam_pres,
+                    target_share=lacu.target_share, eta=lacu.eta, remapped=list(plan["remapped"]),
+                    remapped_targets=list(plan["remapped_targets"]))
 
     def overrides(self, ctx: SequenceContext) -> dict:
         s, lacu = self.settings, self.settings.lacu
-        mnist = lacu.erased_data == "mnist" and s.model == "class"
         teacher = original_path(s) if lacu.teacher == "original" else None
-        return dict(data=lacu.data, pool_size=lacu.pool_size, pool_guidance=lacu.pool_guidance,
-                    mnist_conditions=[str(e) for e in ctx.erased] if mnist else [], teacher_path=teacher)
+        return dict(ctx.space.lacu_data(lacu, ctx.erased), teacher_path=teacher)
 
     def train(self, ctx, n, request, out_dir, seed):
         s, lacu = self.settings, self.settings.lacu
         t0 = time.perf_counter()
-        rec = self.select(ctx, n, request)
+        plan = ctx.space.lacu_plan(self, ctx, n, request)
+        rec = plan["record"]
         rec["select_seconds"] = round(time.perf_counter() - t0, 2)
-        remapped = [int(e) for e in rec["remapped"]]
         result, seconds, config = train_request(
-            s, self.method, ctx.path, [request], out_dir, steps=s.steps, retain=rec["replayed"],
-            method_kwargs=self.method_kwargs(request, remapped), l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
-            overrides=self.overrides(ctx), space=ctx.space)
+            s, self.method, ctx.path, [request], out_dir, steps=s.steps, retain=plan["retain"],
+            method_kwargs=self.method_kwargs(plan), l2_anchor=lacu.lam_reg, lr=lacu.lr, seed=seed,
+            overrides=self.overrides(ctx), erased=list(ctx.erased), space=ctx.space)
         return result, seconds, config, rec
 
 
@@ -209,16 +218,20 @@ class Constrained(Lacu):
 
     def __init__(self, settings: ContinualSettings):
         super().__init__(settings)
-        self.bounds: dict[int, float] = {}
-        self.lambdas: dict[int, float] = {}
+        self.bounds: dict[str, float] = {}  # by the constraint's label: the erased digit or concept
+        self.lambdas: dict[str, float] = {}
 
-    def method_kwargs(self, request: int, remapped: list[int]) -> dict:
+    def method_kwargs(self, plan: dict) -> dict:
         c = self.settings.constrained
         init = c.init_lambda
-        return dict(super().method_kwargs(request, remapped), bounds=[self.bounds.get(e) for e in remapped],
-                    bound_factor=c.bound_factor, calibration_steps=min(c.calibration_steps, self.settings.steps),
-                    dual_lr=c.dual_lr, lambda_max=c.lambda_max, ema=c.ema,
-                    init_lambdas=[self.lambdas.get(e, init) if c.carry_duals else init for e in remapped])
+        labels = list(dict.fromkeys(plan["labels"]))  # one constraint per earlier erasure
+        kw = dict(super().method_kwargs(plan), bounds=[self.bounds.get(str(e)) for e in labels],
+                  bound_factor=c.bound_factor, calibration_steps=min(c.calibration_steps, self.settings.steps),
+                  dual_lr=c.dual_lr, lambda_max=c.lambda_max, ema=c.ema,
+                  init_lambdas=[self.lambdas.get(str(e), init) if c.carry_duals else init for e in labels])
+        if plan.get("groups") is not None:  # a concept named by several prompts: one constraint for all
+            kw.update(remapped_groups=list(plan["groups"]), forget_groups=list(plan["forget_groups"]))
+        return kw
 
     def overrides(self, ctx: SequenceContext) -> dict:
         return dict(super().overrides(ctx), log_every=max(1, self.settings.steps // 25))
@@ -229,15 +242,15 @@ class Constrained(Lacu):
         last = {k: v[-1] for k, v in series.items() if k != "step" and v}
         mapped = last.get(f"clacu/mapping[{request}]")
         if mapped is not None and mapped == mapped and mapped > 0:  # not NaN: the erasure's own level
-            self.bounds[request] = self.settings.constrained.bound_factor * float(mapped)
-        for e in rec["remapped"]:
+            self.bounds[str(request)] = self.settings.constrained.bound_factor * float(mapped)
+        for e in map(str, rec["remapped"]):  # bounds and duals by the constraint's label
             bound = last.get(f"clacu/bound[{e}]")
-            if int(e) not in self.bounds and bound is not None and bound == bound:  # calibrated in this request
-                self.bounds[int(e)] = float(bound)
+            if e not in self.bounds and bound is not None and bound == bound:  # calibrated in this request
+                self.bounds[e] = float(bound)
             if f"clacu/lambda[{e}]" in last:
-                self.lambdas[int(e)] = float(last[f"clacu/lambda[{e}]"])
+                self.lambdas[e] = float(last[f"clacu/lambda[{e}]"])
         rec["duals"] = series
-        rec["bounds"] = {str(e): b for e, b in self.bounds.items()}
+        rec["bounds"] = dict(self.bounds)
         return result, seconds, config, rec
 
 

@@ -34,6 +34,15 @@ from .base import FORGET, Batch, Recipe, constant, on_device
 from .lacu import LocalityAwareContinualUnlearning
 
 
+def _groups(labels, conditions: list[int], key: str) -> tuple[list, list[int]]:
+    """``(unique labels in order, each condition's label index)``; ``labels`` None: one per condition."""
+    labels = list(conditions) if labels is None else list(labels)
+    if len(labels) != len(conditions):
+        raise ValueError(f"{key}: expected one label per condition ({len(conditions)}), got {len(labels)}")
+    unique = list(dict.fromkeys(labels))
+    return unique, [unique.index(v) for v in labels]
+
+
 class ConstrainedLACU(LocalityAwareContinualUnlearning):
     """LACU whose earlier erasures (``remapped``) are constraints with duals.
 
@@ -42,7 +51,13 @@ class ConstrainedLACU(LocalityAwareContinualUnlearning):
         bound_factor: ``b_i = bound_factor * m_i`` over the calibration steps.
         calibration_steps: steps whose estimates calibrate the unknown bounds.
         dual_lr, lambda_max, ema: the dual step, its upper clip, the running mean's weight.
-        init_lambdas: each remapped condition's dual at the start (a float for all, or one each).
+        init_lambdas: each constraint's dual at the start (a float for all, or one each).
+        remapped_groups: a label per remapped condition; conditions with the same label are one
+            constraint (one dual, one bound, their rows pooled in one estimate): a concept named by
+            several prompts. Default: each condition its own, labelled by its id. ``bounds`` and
+            ``init_lambdas`` then give one value per label, in order of first appearance.
+        forget_groups: the same for this request's own forget conditions (the ``mapping[label]``
+            estimates a later request's bound is taken from).
     """
 
     name = "clacu"
@@ -52,13 +67,18 @@ class ConstrainedLACU(LocalityAwareContinualUnlearning):
                  remapped: Sequence[Union[int, str]] = (), remapped_targets: Sequence[Union[int, str]] = (),
                  bounds: Sequence[float | None] | None = None, bound_factor: float = 1.5,
                  calibration_steps: int = 5, dual_lr: float = 0.5, lambda_max: float = 10.0, ema: float = 0.2,
-                 init_lambdas: Union[float, Sequence[float]] = 1.0, **lacu_kwargs):
+                 init_lambdas: Union[float, Sequence[float]] = 1.0,
+                 remapped_groups: Sequence[Union[int, str]] | None = None,
+                 forget_groups: Sequence[Union[int, str]] | None = None, **lacu_kwargs):
         super().__init__(forget, num_conditions=num_conditions, targets=targets, remapped=remapped,
                          remapped_targets=remapped_targets, **lacu_kwargs)
-        n = len(self.remapped)
+        self.group_labels, group_of = _groups(remapped_groups, self.remapped, "remapped_groups")
+        self.forget_labels, forget_group_of = _groups(forget_groups, self.forget, "forget_groups")
+        n = len(self.group_labels)
         bounds = [None] * n if bounds is None else list(bounds)
         if len(bounds) != n:
-            raise ValueError(f"bounds: expected one bound (or null) per remapped condition ({n}), got {len(bounds)}")
+            raise ValueError(f"bounds: expected one bound (or null) per constraint ({n}: {self.group_labels}), got "
+                             f"{len(bounds)}")
         if any(b is not None and not b > 0 for b in bounds):
             raise ValueError(f"bounds: expected floats > 0 or null, got {bounds}")
         if not bound_factor > 0:
@@ -67,23 +87,22 @@ class ConstrainedLACU(LocalityAwareContinualUnlearning):
             raise ValueError(f"calibration_steps: expected an int >= 1, got {calibration_steps}")
         inits = [float(init_lambdas)] * n if isinstance(init_lambdas, (int, float)) else [float(v) for v in init_lambdas]
         if len(inits) != n or any(v < 0 for v in inits):
-            raise ValueError(f"init_lambdas: expected a float >= 0 or one per remapped condition ({n}), "
-                             f"got {init_lambdas}")
+            raise ValueError(f"init_lambdas: expected a float >= 0 or one per constraint ({n}), got {init_lambdas}")
         self.bound_factor = float(bound_factor)
         self.calibration_steps = int(calibration_steps)
-        self.remap_index = torch.full((num_conditions,), -1, dtype=torch.long)  # remapped condition -> i
-        self.forget_index = torch.full((num_conditions,), -1, dtype=torch.long)  # forget condition -> j
-        self.forget_index[torch.tensor(self.forget)] = torch.arange(len(self.forget))
+        self.remap_index = torch.full((num_conditions,), -1, dtype=torch.long)  # remapped condition -> constraint i
+        self.forget_index = torch.full((num_conditions,), -1, dtype=torch.long)  # forget condition -> its group j
+        self.forget_index[torch.tensor(self.forget)] = torch.tensor(forget_group_of)
         self.duals = None
         if n:
-            self.remap_index[torch.tensor(self.remapped)] = torch.arange(n)
+            self.remap_index[torch.tensor(self.remapped)] = torch.tensor(group_of)
             self.duals = DualVariables(n, 1.0, lr=dual_lr, lambda_max=lambda_max, ema=ema, direction="leq")
             self.duals.lambdas = torch.tensor(inits, dtype=torch.float64).clamp(0, lambda_max)
         self.bounds = torch.tensor([float("nan") if b is None else float(b) for b in bounds], dtype=torch.float64)
         self._calib = torch.zeros(2, max(n, 1), dtype=torch.float64)  # sums, counts of m_i while calibrating
         # m_j of this request's own forget conditions (forget rows): the basis a later request's bound
         # is compared with in reports; an estimate only (lr 0), no dual
-        self.current = DualVariables(len(self.forget), 0.0, lr=0.0, lambda_max=1.0, ema=ema, direction="leq")
+        self.current = DualVariables(len(self.forget_labels), 0.0, lr=0.0, lambda_max=1.0, ema=ema, direction="leq")
         self.steps_seen = 0  # host counter: a step count, never read from a device tensor
 
     # --- heads -------------------------------------------------------------------------
@@ -145,12 +164,12 @@ class ConstrainedLACU(LocalityAwareContinualUnlearning):
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
-        for j, f in enumerate(self.forget):
+        for j, f in enumerate(self.forget_labels):
             out[f"clacu/mapping[{f}]"] = float(self.current.estimate[j])
         if self.duals is None:
             return out
         lam, est, bounds = self.duals.lambdas.cpu(), self.duals.estimate.cpu(), self.bounds.cpu()
-        for i, c in enumerate(self.remapped):
+        for i, c in enumerate(self.group_labels):
             out[f"clacu/lambda[{c}]"] = float(lam[i])
             out[f"clacu/bound[{c}]"] = float(bounds[i])
             out[f"clacu/constraint[{c}]"] = float(est[i] * bounds[i])  # m_i, in the loss's units
