@@ -317,3 +317,39 @@ def test_shapes_erase_bench_trains_and_scores_one_recipe(tmp_path):
     assert on_disk["ua"] == out["ua"] and 0.0 <= out["ua"] <= 1.0 and isinstance(out["kl_to_original"], float)
     assert out["samples_per_combo"][COMBOS.index((3, 1))] == 2 and len(out["lambda_trace"]) >= 1
     assert out["lambda_trace"][0] <= 0.5
+
+
+def test_shapes_acceptance_bench_checks_and_reads_finished_runs_back(tmp_path):
+    """bench/shapes_acceptance.py: the bar per concept, the table, and a finished concept read back, not rerun."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "shapes_acceptance", os.path.join(os.path.dirname(__file__), "..", "bench", "shapes_acceptance.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert len(bench.DEFAULT_CONCEPTS) == 8 + 6 + 4 and len(set(bench.DEFAULT_CONCEPTS)) == 18
+
+    def report(ua, ira, cra, fid, seconds):
+        return {"forget": "striped", "concept_kind": "style", "train_seconds": 100.0, "seconds": seconds,
+                "target": {"target": "checkered"},
+                "before": {"ua": 0.07, "ira": 0.956, "cra": 0.909, "fid": 9.91},
+                "after": {"ua": ua, "ua_paraphrase": 1.0, "ira": ira, "cra": cra, "fid": fid},
+                "settings": {"eval": {"per_combo": 4, "min_concept": 100, "steps": 20, "guidance": 2.0, "seed": 1234,
+                                      "paraphrase_samples": 48},
+                             "train": {"method": "ru", "method_kwargs": {}, "max_steps": 200, "batch_size": 32,
+                                       "lr": 1e-4, "data": "pool"}, "map_to": "nearest"}}
+
+    ok = bench.check(report(1.0, 0.944, 0.939, 10.29, 900.0))
+    assert ok["quality_ok"] and not ok["time_ok"] and not ok["passed"] and ok["target"] == "checkered"
+    assert not bench.check(report(1.0, 0.919, 0.954, 10.04, 100.0))["quality_ok"]  # IRA 3.7 points down
+    assert not bench.check(report(0.94, 0.95, 0.95, 10.0, 100.0))["quality_ok"]  # UA below 0.95
+    assert not bench.check(report(1.0, 0.95, 0.95, 13.0, 100.0))["quality_ok"]  # FID 1.31x
+    assert bench.check(report(0.95, 0.926, 0.879, 12.88, 180.0))["passed"]  # every bar met at its edge
+    run = tmp_path / "runs" / "striped"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps(report(1.0, 0.944, 0.939, 10.29, 900.0)))
+    code = bench.main(["--concepts", "striped", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")])
+    table = (tmp_path / "res" / "acceptance.md").read_text()
+    assert code == 1 and "| striped | checkered |" in table and "1 of 1 concepts pass the quality bar, 0 the" in table
+    assert json.load(open(tmp_path / "res" / "acceptance.json"))["rows"][0]["ua"] == 1.0
