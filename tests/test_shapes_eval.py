@@ -179,7 +179,7 @@ def test_shapes_anchor_map_keeps_the_part_not_erased():
         from unlearn_fast.demo_shapes import shapes_train_config
 
         settings = DemoSettings(model="shapes", forget=["striped"], out=os.path.join(out, "pool"))
-        config = shapes_train_config(settings, parse_concept("striped"), {}, out, data="pool",
+        config = shapes_train_config(settings, parse_concept("striped"), {}, out, target=None, data="pool",
                                      forget_images=None, retain_images=None)
         assert config.anchor_map == {prompt(o, 2): prompt(o) for o in range(len(OBJECTS))}
 
@@ -246,7 +246,7 @@ def test_quality_bench_compares_methods_on_a_shapes_concept(tmp_path):
     for r in rows:
         for key in ("ua", "ua_paraphrase", "ira", "cra", "fid", "kl_to_original"):
             assert isinstance(r[key], float), (r["method"], key)
-    config = json.loads((tmp_path / "runs" / "striped" / "ru" / "run" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "striped" / "ru" / "config.json").read_text())
     assert config["data"] == "pool" and "a striped star" in config["forget"]  # as the demo trains
     assert not any("striped" in v for v in config["anchor_map"].values())  # mapped onto another style
     data = {"model": "shapes", "before": before, "methods": rows, "date": "2026-12-04", "eval": ev, "steps": 2,
