@@ -158,8 +158,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "default), or the benchmark's generated images (images)")
     parser.add_argument("--map-to", default="nearest",
                         help="--model shapes: anchor the concept's prompts on this concept of its kind ('a striped "
-                             "star' -> 'a dotted star'): nearest (default: the nearest in score distance that the "
-                             "detector does not confuse with it), none (each prompt without the erased part, "
+                             "star' -> 'a dotted star'): nearest (default: of the candidates the "
+                             "detector does not confuse with it, the one the model draws most reliably), none (each prompt without the erased part, "
                              "'a star'), or a concept (dotted, heart, 'dotted star')")
 
 

@@ -55,6 +55,11 @@ def combo_anchor(concept, o: int, s: int) -> str:
     return prompt(style=s, template=1) if concept.kind == "object" else prompt(o)
 
 
+def concept_anchors(concept) -> dict:
+    """Each canonical combination prompt of ``concept`` with its anchor (:func:`combo_anchor`)."""
+    return {prompt(o, s): combo_anchor(concept, o, s) for o, s in concept.combos()}
+
+
 def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_combo: int,
                           exclude=()) -> tuple[str, str, dict]:
     """``(forget_dir, retain_dir, anchor_map)``: imagefolders of train-split images with their prompts,
@@ -64,7 +69,7 @@ def write_concept_folders(out: str, concept, forget_per_combo: int, retain_per_c
 
     images, objects, styles = load_split("train")
     pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    dirs, anchors = {}, {prompt(o, s): combo_anchor(concept, o, s) for o, s in concept.combos()}
+    dirs, anchors = {}, concept_anchors(concept)
     for role, per_combo in (("forget", forget_per_combo), ("retain", retain_per_combo)):
         folder = os.path.join(out, "data", role)
         os.makedirs(folder, exist_ok=True)
@@ -144,7 +149,7 @@ def shapes_train_config(settings, concept, method_defaults: dict, model_dir: str
                                                                 settings.retain_per_combo)
         data = dict(data="images", forget_images=forget_dir, retain_images=retain_dir)
     elif settings.shapes_data == "pool":
-        anchors = {prompt(o, s): combo_anchor(concept, o, s) for o, s in concept.combos()}
+        anchors = concept_anchors(concept)
         data = dict(SHAPES_POOL)
     else:
         raise ValueError(f"shapes_data: expected 'pool' or 'images', got {settings.shapes_data!r}")

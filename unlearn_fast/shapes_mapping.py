@@ -1,4 +1,4 @@
-"""Mapping targets of shapes concepts: erase a concept by re-anchoring its prompts on the nearest admissible concept of its kind.
+"""Mapping targets of shapes concepts: erase a concept by re-anchoring its prompts on another concept of its kind.
 
 Anchoring "a striped star" on "a star" (the prompt without the erased part) cannot reach a high
 UA: "a star" draws a star in any style, stripes included, and guidance extrapolates from it.
@@ -134,11 +134,7 @@ def detector_reads(model, scheduler, detector, concept: ShapeConcept, target: Sh
                     generator=g).clamp(-1, 1)
     po, ps = detector.predict(images.to(next(detector.parameters()).device))
     po, ps = po.cpu(), ps.cpu()
-
-    def shows(c: ShapeConcept) -> torch.Tensor:
-        return {"object": po == c.object, "style": ps == c.style, "combo": (po == c.object) & (ps == c.style)}[c.kind]
-
-    return float(shows(target).double().mean()), float(shows(concept).double().mean())
+    return float(target.shown(po, ps).double().mean()), float(concept.shown(po, ps).double().mean())
 
 
 def choose_target(model, scheduler, concept: ShapeConcept, *, erased: Sequence[ShapeConcept] = (), detector=None,
@@ -148,10 +144,9 @@ def choose_target(model, scheduler, concept: ShapeConcept, *, erased: Sequence[S
     admissible candidate nearest in score distance. With one: every candidate's samples are read
     by the detector, and the target is the candidate the model draws most reliably (the share
     read as itself, counted in samples), the nearest among equals, of those whose samples show
-    the concept at most ``max_confusion`` of the time (the least confused when none does). A
-    target the model confuses with a retained concept spreads that confusion: mapping `striped`
-    onto the nearest style, `gradient`, which the model mixes up with `solid`, cost solid 13
-    points of accuracy (bench/results/acceptance/shapes/tuning.md)."""
+    the concept at most ``max_confusion`` of the time (the least confused when none does). Why
+    reliability before distance (a target the model confuses with a retained concept spreads that
+    confusion): bench/results/acceptance/shapes/tuning.md."""
     pool = candidates(concept, erased)
     if not pool:
         raise ValueError(f"forget: no admissible mapping target for {concept.name!r} (every candidate is erased)")

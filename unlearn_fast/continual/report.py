@@ -26,18 +26,17 @@ RETAIN_KEYS = {"class": ("retain_acc",), "text": ("retain_acc",), "shapes": ("ir
 
 def acceptance(report: dict, method: str | None = None, retain_ratio: float = 0.9, ua_min: float = 0.95,
                fid_ratio_max: float = 2.0) -> dict | None:
-    """The acceptance check of ``method`` (default: the model kind's default continual method if it
-    ran, else the first) after every request: UA at least ``ua_min`` on every concept erased so
+    """The acceptance check of ``method`` (default: the default continual method if it ran, else
+    the first) after every request: UA at least ``ua_min`` on every concept erased so
     far and each retain metric (``RETAIN_KEYS``: retain accuracy; shapes: IRA and CRA) at least
     ``retain_ratio`` of the original model's on the same erased set (``original.per_step``);
     after the last request, FID at most ``fid_ratio_max`` times the original's. ``passed``: every
     step passes and the final FID does; the top-level numbers are the last step's."""
-    from .strategies import default_method
+    from .strategies import DEFAULT_METHOD
 
     methods = report["methods"]
     kind = report.get("settings", {}).get("model_kind", "class")
-    default = default_method(kind)
-    method = method or (default if default in methods else next(iter(methods), None))
+    method = method or (DEFAULT_METHOD if DEFAULT_METHOD in methods else next(iter(methods), None))
     if method not in methods:
         return None
     orig_steps = {s["step"]: s for s in report["original"]["per_step"]}
@@ -85,7 +84,8 @@ def _eval_line(ev: dict) -> str:
     if "per_combo" in ev:
         return (f"{ev['per_combo']} samples per combination, at least {ev['min_concept']} per erased concept, "
                 f"DDIM {ev['steps']} steps, guidance {ev['guidance']}, seed {ev['seed']}")
-    return f"{ev['per_class']} samples per class, DDIM {ev['steps']} steps, guidance {ev['guidance']}, seed {ev['seed']}"
+    return (f"{ev['per_class']} samples per class, DDIM {ev['steps']} steps, guidance {ev['guidance']}, "
+            f"seed {ev['seed']}")
 
 
 def markdown_table(report: dict) -> str:

@@ -101,7 +101,8 @@ def finished_request(config):
 
 def train_summary(config) -> dict:
     keep = ("method", "method_kwargs", "forget", "retain", "max_steps", "batch_size", "lr", "seed", "l2_anchor",
-            "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions", "teacher_path", "anchor_map")
+            "weighting", "source", "data", "pool_size", "pool_guidance", "mnist_conditions", "teacher_path",
+            "anchor_map")
     return {k: v for k, v in config.to_dict().items() if k in keep}
 
 

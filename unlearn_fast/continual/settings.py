@@ -129,11 +129,12 @@ class ShapesRequestSettings:
         "x_t of the forget terms: noised training samples (data) or sampled from the model being trained "
         "(student, as ESD)", default="data")
     map_to: Literal["nearest", "none"] = _help(
-        "anchor each forgotten prompt on a mapping target of the concept's kind, the nearest admissible in "
-        "score distance ('a striped star' -> 'a checkered star'; shapes_mapping), or on itself without the "
+        "anchor each forgotten prompt on a mapping target of the concept's kind, chosen as the demo chooses it "
+        "('a striped star' -> 'a checkered star'; shapes_mapping.choose_target), or on itself without the "
         "erased part (none: 'a star')", default="nearest")
     target_check: Literal["detector", "none"] = _help(
-        "skip a near target whose own samples the shapes detector reads as the concept", default="detector")
+        "read every candidate target's samples with the shapes detector (skip one it confuses with the "
+        "concept, take the most reliably drawn) or take the nearest in score distance (none)", default="detector")
     check_samples: int = _help("samples of each candidate target the detector reads", default=16)
 
     def __post_init__(self):
@@ -175,10 +176,10 @@ class ContinualSettings:
     progress: bool = _help("progress bars of every request's training", default=False)
 
     def __post_init__(self):
-        from .strategies import STRATEGIES, default_method
+        from .strategies import DEFAULT_METHOD, STRATEGIES
 
         if not self.methods:
-            self.methods = [default_method(self.model)]
+            self.methods = [DEFAULT_METHOD]
         check_field_types(self)
         bad = [m for m in self.methods if m not in STRATEGIES]
         if bad:
@@ -200,11 +201,6 @@ class ContinualSettings:
             if mapped:
                 raise ConfigError(f"shapes.map_to: {', '.join(mapped)} map every erased concept onto a target; "
                                   f"'none' leaves them without one (use 'nearest')")
-        unfit = [m for m in self.methods if self.model not in STRATEGIES[m].models]
-        if unfit:
-            raise ConfigError(f"method: {', '.join(unfit)} cannot run on the {self.model} model (they choose "
-                              f"mapping targets among digits); on it use "
-                              f"{', '.join(m for m in STRATEGIES if self.model in STRATEGIES[m].models)}")
         for name in ("steps", "batch_size", "pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")

@@ -217,9 +217,6 @@ class ShapesSpace:
         every earlier concept's prompts remapped the same way, one constraint per concept
         (``groups``); replay: the canonical prompt of every combination no concept shows, and the
         remapped prompts (their samples carry the concept the mapping keeps away)."""
-        from ..data.shapes import prompt
-        from ..eval.shapes_metrics import COMBOS
-
         gone = [self.concept(c) for c in list(ctx.erased) + [request]]
         concept = self.concept(request)
         forget = concept.prompts()
@@ -232,12 +229,20 @@ class ShapesSpace:
                         remapped.append(p)
                         remapped_targets.append(self._target_prompt(p, self.concept(e), gone))
                         groups.append(str(e))
-        kept = [prompt(o, s) for o, s in COMBOS if not any(g.contains(o, s) for g in gone)]
+        kept = self.kept(gone)
         rec = dict(target=self.target_of[request].name, remapped={e: self.target_of[e].name for e in ctx.erased},
                    replayed=len(kept) + len(remapped))
         return dict(record=rec, retain=kept + remapped, targets=[self._target_prompt(p, concept, gone) for p in forget],
                     remapped=remapped, remapped_targets=remapped_targets, labels=groups, groups=groups,
                     forget_groups=[str(request)] * len(forget))
+
+    @staticmethod
+    def kept(gone: list) -> list[str]:
+        """The canonical prompt of every combination no concept of ``gone`` shows."""
+        from ..data.shapes import prompt
+        from ..eval.shapes_metrics import COMBOS
+
+        return [prompt(o, s) for o, s in COMBOS if not any(g.contains(o, s) for g in gone)]
 
     def _target_prompt(self, text: str, concept, gone: list) -> str:
         """The prompt ``text`` of ``concept`` maps onto: its combination's mapped combination, or the
@@ -307,35 +312,32 @@ class ShapesSpace:
 
     def request_fields(self, forget: list, retain: list | None, erased: list, out_dir: str) -> dict:
         """Forget every prompt of the requested concepts; keep the canonical prompt of every
-        combination that no concept erased so far (or now) shows; anchor each forgotten
-        combination prompt on itself without the erased part (``demo_shapes.combo_anchor``) unless
-        that anchor is forgotten too (then the null prompt); data from ``settings.shapes``."""
+        combination that no concept erased so far (or now) shows (:meth:`kept`); anchor each
+        forgotten prompt on its target prompt (:meth:`_target_prompt`) when the concept has a
+        mapping target, else each combination prompt on itself without the erased part
+        (``demo_shapes.combo_anchor``) unless that part is erased too (then the null prompt);
+        data from ``settings.shapes``."""
         from ..data.shapes import prompt
-        from ..demo_shapes import combo_anchor, write_concept_folders
-        from ..eval.shapes_metrics import COMBOS, ShapeConcept
+        from ..demo_shapes import SHAPES_POOL, concept_anchors, write_concept_folders
+        from ..eval.shapes_metrics import ShapeConcept
 
         sh = self.settings.shapes
         now = [self.concept(c) for c in forget]
         gone = now + [self.concept(c) for c in erased]
         forget_prompts = list(dict.fromkeys(p for c in now for p in c.prompts()))
-        kept = [prompt(o, s) for o, s in COMBOS if not any(c.contains(o, s) for c in gone)]
         anchors, erased_anchors = {}, set()
         for c in now:
             if c.name in self.target_of:  # mapped: each prompt onto the targets of what it shows
-                from ..shapes_mapping import swap
-
-                anchors.update({prompt(o, s): prompt(*self.mapped(o, s, gone)) for o, s in c.combos()})
-                if c.kind != "combo":
-                    anchors[c.prompts()[-1]] = swap(c.prompts()[-1], c, self.target_of[c.name])
+                anchors.update({p: self._target_prompt(p, c, gone) for p in c.prompts()})
                 continue
+            anchors.update(concept_anchors(c))
             for o, s in c.combos():
-                anchors[prompt(o, s)] = combo_anchor(c, o, s)
                 # the anchor names the combination's other part: its style (object erased) or object
                 named = ShapeConcept("style", None, s) if c.kind == "object" else ShapeConcept("object", o, None)
                 if named in gone:  # that part is erased too: the null anchor
                     erased_anchors.add(anchors[prompt(o, s)])
-        fields = dict(model="text", forget=forget_prompts, retain=list(retain) if retain is not None else kept,
-                      source=sh.source)
+        fields = dict(model="text", forget=forget_prompts, source=sh.source,
+                      retain=list(retain) if retain is not None else self.kept(gone))
         if sh.data == "images":
             if len(now) != 1:
                 raise ValueError("shapes.data: 'images' writes one concept's folders; simultaneous erases several "
@@ -347,22 +349,21 @@ class ShapesSpace:
             anchors.update(folder_anchors)
             fields.update(data="images", forget_images=forget_dir, retain_images=retain_dir)
         else:
-            fields.update(data="pool", pool_size=sh.pool_size, pool_guidance=sh.pool_guidance, pool_steps=20)
+            fields.update(data="pool", pool_size=sh.pool_size, pool_guidance=sh.pool_guidance,
+                          pool_steps=SHAPES_POOL["pool_steps"])
         fields["anchor_map"] = {k: v for k, v in anchors.items() if v not in erased_anchors}
         return fields
 
     def _variant_anchor(self, text: str, concept, gone: list) -> str:
         """A folder prompt's anchor: its words of the combination swapped as :meth:`mapped` swaps them."""
-        import re
-
         from ..data.shapes import OBJECTS, STYLES
+        from ..eval.shapes_metrics import ShapeConcept
+        from ..shapes_mapping import swap
 
         words = text.split()
         o = next(OBJECTS.index(w) for w in words if w in OBJECTS)
         s = next(STYLES.index(w) for w in words if w in STYLES)
-        mo, ms = self.mapped(o, s, gone)
-        text = re.sub(rf"\b{OBJECTS[o]}\b", OBJECTS[mo], text)
-        return re.sub(rf"\b{STYLES[s]}\b", STYLES[ms], text)
+        return swap(text, ShapeConcept("combo", o, s), ShapeConcept("combo", *self.mapped(o, s, gone)))
 
     def method_kwargs(self, method: str, kwargs: dict) -> dict:
         """A shapes request's kwargs: ``demo_shapes.SHAPES_METHOD_KWARGS`` under the caller's."""

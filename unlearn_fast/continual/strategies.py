@@ -25,7 +25,7 @@ import torch
 from ..eval.metrics import ClassEvaluator
 from ..models import ConditionedModel
 from .distance import LabelDistance, ScoreDistance, TargetConfusion
-from .requests import ru_request, scores, telemetry, train_request, train_summary
+from .requests import ru_request, telemetry, train_request, train_summary
 from .selection import select_replay, select_target
 from .settings import ContinualSettings
 
@@ -62,8 +62,6 @@ def original_path(settings: ContinualSettings) -> str:
 
 class Strategy:
     name = "strategy"
-    #: the model kinds whose requests the strategy can train
-    models = ("class", "text", "shapes")
     #: whether it maps each erased condition onto a target (needs one on every model kind)
     maps_targets = False
 
@@ -94,7 +92,7 @@ class PerRequest(Strategy):
             ctx.model, ctx.path = result.model, result.final_dir
             t0 = time.perf_counter()
             rec = {"step": n, "request": request, **extra, "erased": list(ctx.erased),
-                   **scores(ctx.evaluator, ctx.model, list(ctx.erased), ctx.original, ctx.space),
+                   **ctx.space.scores(ctx.evaluator, ctx.model, list(ctx.erased), ctx.original),
                    "train_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
                    "train": train_summary(config), "model_dir": result.final_dir}
             steps_out.append(rec)
@@ -268,7 +266,7 @@ class Simultaneous(Strategy):
                                              steps=n_steps, seed=s.seed, space=ctx.space)
         t0 = time.perf_counter()
         rec = {"step": len(seq), "request": seq, "erased": seq, **chosen,
-               **scores(ctx.evaluator, result.model, seq, ctx.original, ctx.space), "train_seconds": round(seconds, 1),
+               **ctx.space.scores(ctx.evaluator, result.model, seq, ctx.original), "train_seconds": round(seconds, 1),
                "eval_seconds": round(time.perf_counter() - t0, 1), "train": train_summary(config),
                "model_dir": result.final_dir}
         ctx.log(line(self.name, rec))
@@ -278,13 +276,6 @@ class Simultaneous(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Lacu, Constrained, Naive, L2, Simultaneous)}
 #: the method ``unlearn-fast continual`` runs without ``--method``
 DEFAULT_METHOD = "constrained"
-#: the default on a model kind the default method cannot train (shapes: concepts, not digits)
-FALLBACK_METHOD = "l2"
-
-
-def default_method(model: str) -> str:
-    """The method a run on ``model`` gets without ``--method``."""
-    return DEFAULT_METHOD if model in STRATEGIES[DEFAULT_METHOD].models else FALLBACK_METHOD
 
 
 def line(method: str, rec: dict) -> str:

@@ -56,6 +56,11 @@ class ShapeConcept(NamedTuple):
         """Whether combination ``(o, s)`` shows the concept."""
         return (self.object is None or o == self.object) and (self.style is None or s == self.style)
 
+    def shown(self, objects: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        """Which images, read as ``objects`` and ``styles`` (a classifier's ids), show the concept."""
+        return {"object": objects == self.object, "style": styles == self.style,
+                "combo": (objects == self.object) & (styles == self.style)}[self.kind]
+
     def combos(self) -> list[tuple[int, int]]:
         return [c for c in COMBOS if self.contains(*c)]
 
@@ -227,10 +232,7 @@ class ShapesEvaluator:
         picks = [(mine[k % len(mine)], (k // len(mine)) % len(HELDOUT_COMBO_TEMPLATES)) for k in range(n)]
         texts = [heldout_prompt(o, s, t) for (o, s), t in picks]
         po, ps = self._predict(self.generate(model, texts, seed_offset=1))
-        obj = torch.tensor([o for (o, _), _ in picks])
-        sty = torch.tensor([s for (_, s), _ in picks])
-        shown = {"object": po == obj, "style": ps == sty, "combo": (po == obj) & (ps == sty)}[concept.kind]
-        return 1 - float(shown.double().mean())
+        return 1 - float(concept.shown(po, ps).double().mean())
 
     @torch.no_grad()
     def kl_to_original(self, model: ConditionedModel, original: ConditionedModel, retained: Sequence[int]) -> float:
